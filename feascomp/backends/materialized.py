@@ -1,0 +1,186 @@
+"""The materialized lowering: every edge family stored as one array (as in the paper).
+
+A :class:`Program` is built once from a coloured plan. Everything static -- which edges
+feed which port slice, each producer's out-degree, each family's projection weight -- is
+computed here at compile time, in NumPy; the functions it returns do only array work and
+are written against an array namespace ``xp``, so the JAX backend jits them and tests can
+run them in NumPy.
+
+State: ``z = {edge.key: array}``, each array shaped like its consumer's port slice.
+Projection onto colour c (Theorem 2: the families of a colour touch disjoint edges):
+
+- const:     out-edges <- map(data)
+- param:     out-edges <- map(mean of out-edges)         (consensus)
+- function:  x0 <- in-edges (per port, concatenated), y0 <- mean of out-edges,
+             (x, y) <- project(x0, y0, weight), in-edges <- x, out-edges <- map(y)
+- target:    in-edges <- prox(in-edges, labels)
+
+The mean of a producer's out-edges is sum_e map_e^T(z_e) / deg, deg = sum_e map_e^T(1).
+A producer with no outgoing edge this step (deg = 0) keeps its value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ..ir.feasibility import Edge, Family, FeasModule
+from ..primitives import get
+
+
+@dataclasses.dataclass
+class _FamilyInfo:
+    family: Family
+    in_ports: list[tuple[str, int, list[Edge]]]  # (port, length, edges sorted by start)
+    out: list[Edge]
+    degree: Any  # float if uniform, else np.ndarray shaped like the family; 0 = no out-edges
+    prim: Any = None
+
+
+class Program:
+    def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None):
+        self.plan = plan
+        self.weighted = weighted
+        self.info: dict[str, _FamilyInfo] = {}
+        for f in plan.families:
+            ins = []
+            for port, n in f.ports:
+                es = sorted((e for e in plan.in_edges(f.name) if e.port == port), key=lambda e: e.start)
+                ins.append((port, n, es))
+            out = plan.out_edges(f.name)
+            info = _FamilyInfo(f, ins, out, self._degree(f, out))
+            if f.is_function:
+                info.prim = get(f.kind)
+            elif f.kind == "target":
+                opts = {k: v for k, v in f.attrs if k not in ("kind", "colour")}
+                opts.update(loss_options or {})
+                info.prim = get(f.attr("kind"), **opts)
+            self.info[f.name] = info
+        self.colours = sorted({f.attr("colour") for f in plan.families})
+        self.by_colour = {c: [f.name for f in plan.families if f.attr("colour") == c] for c in self.colours}
+        self.order = self._topological()
+        self.params = [f.name for f in plan.families if f.kind == "param"]
+        self.consts = [f.name for f in plan.families if f.kind == "const"]
+        self.target = next(f.name for f in plan.families if f.kind == "target")
+        self.dtype = plan.families[0].type.np_dtype
+
+    @staticmethod
+    def _degree(f: Family, out: list[Edge]):
+        if not out:
+            return 0.0
+        deg = np.zeros(f.type.shape)
+        for e in out:
+            deg = deg + e.map.transpose(np, np.ones(e.type.shape))
+        flat = deg.reshape(-1)
+        if flat.size and np.all(flat == flat[0]):
+            return float(flat[0])
+        return deg
+
+    def _topological(self) -> list[str]:
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.info)
+        g.add_edges_from((e.src, e.dst) for e in self.plan.edges)
+        return list(nx.lexicographical_topological_sort(g))
+
+    # sizes -------------------------------------------------------------------------------
+    def state_bytes(self, itemsize: int | None = None) -> int:
+        size = itemsize or np.dtype(self.dtype).itemsize
+        return sum(math.prod(e.type.shape) for e in self.plan.edges) * size
+
+    # forward -----------------------------------------------------------------------------
+    def forward_values(self, xp, params: dict, data: dict) -> dict:
+        """Every family's value by a forward pass (targets excluded)."""
+        vals = {}
+        for name in self.order:
+            info = self.info[name]
+            f = info.family
+            if f.kind == "const":
+                vals[name] = data[name]
+            elif f.kind == "param":
+                vals[name] = params[name]
+            elif f.is_function:
+                ins = [self._gather(xp, es, n, lambda e: e.map.apply(xp, vals[e.src], e.type.shape)) for _, n, es in info.in_ports]
+                vals[name] = info.prim.forward(*ins)
+        return vals
+
+    def init_edges(self, xp, vals: dict) -> dict:
+        return {e.key: e.map.apply(xp, vals[e.src], e.type.shape) for e in self.plan.edges}
+
+    # projection --------------------------------------------------------------------------
+    @staticmethod
+    def _gather(xp, edges, n, read):
+        if n == 0:  # scalar port: exactly one edge
+            return read(edges[0])
+        parts = [read(e) for e in edges]
+        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+
+    def _mean_out(self, xp, info: _FamilyInfo, z: dict):
+        total = None
+        for e in info.out:
+            t = e.map.transpose(xp, z[e.key])
+            total = t if total is None else total + t
+        deg = info.degree
+        if isinstance(deg, float):
+            return total / deg
+        return total / xp.asarray(np.maximum(deg, 1), total.dtype)
+
+    def _write_out(self, xp, info, value, new: dict):
+        for e in info.out:
+            new[e.key] = e.map.apply(xp, value, e.type.shape)
+
+    def project(self, xp, colour: int, z: dict, data: dict) -> dict:
+        """P_colour(z): a new state in which every edge incident to the colour is projected."""
+        new = dict(z)
+        for name in self.by_colour[colour]:
+            info = self.info[name]
+            f = info.family
+            if f.kind == "const":
+                self._write_out(xp, info, data[name], new)
+            elif f.kind == "param":
+                mean = self._mean_out(xp, info, z)
+                if not isinstance(info.degree, float):  # producers without out-edges keep nothing
+                    mean = xp.where(xp.asarray(info.degree > 0), mean, 0)
+                self._write_out(xp, info, mean, new)
+            elif f.kind == "target":
+                (_, n, es), = info.in_ports
+                logits = self._gather(xp, es, n, lambda e: z[e.key])
+                out = info.prim.prox(logits, data["__labels__"])
+                self._scatter(xp, es, n, out, new)
+            else:
+                ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
+                if not info.out:
+                    continue  # output unconstrained: the inputs are already feasible
+                ybar = self._mean_out(xp, info, z)
+                w = self._weight(xp, info, ybar.dtype)
+                new_ins, y = info.prim.project(ins, ybar, w)
+                for (_, n, es), x in zip(info.in_ports, new_ins):
+                    self._scatter(xp, es, n, x, new)
+                self._write_out(xp, info, y, new)
+        return new
+
+    def _weight(self, xp, info, dtype):
+        if not self.weighted:
+            return 1.0
+        deg = info.degree
+        return deg if isinstance(deg, float) else xp.asarray(np.maximum(deg, 1), dtype)
+
+    @staticmethod
+    def _scatter(xp, edges, n, x, new):
+        if n == 0 or len(edges) == 1:
+            new[edges[0].key] = x
+            return
+        for e in edges:
+            new[e.key] = x[..., e.start : e.stop]
+
+    # readout -----------------------------------------------------------------------------
+    def param_means(self, xp, z: dict) -> dict:
+        """Each parameter as the mean of its outgoing edges."""
+        return {p: self._mean_out(xp, self.info[p], z) for p in self.params}
+
+    def residual(self, xp, a: dict, b: dict):
+        """Euclidean distance between two states."""
+        return xp.sqrt(sum(xp.sum((a[k] - b[k]) ** 2) for k in a))

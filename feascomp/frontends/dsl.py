@@ -1,0 +1,261 @@
+"""The .fc front end: parse a model file (grammar: model.lark) and build tensor IR.
+
+    model mnist_mlp
+    input  x  : f32[784]
+    param  W1 : f32[784, 128] = he_normal
+    param  b1 : f32[128]      = zeros
+    param  W2 : f32[128, 10]  = he_normal
+    h = relu(x @ W1 + b1)
+    output logits = h @ W2
+    loss cross_entropy(logits, lambda = 5.0)
+
+Every error is a FeascompError located at file:line:col.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+
+import lark
+
+from ..errors import FeascompError, Loc, loc_in
+from ..ir.tensor import Op, TensorModule, verify
+from ..ir.types import DTYPES, TensorType
+
+# DSL call name -> tensor op name. Adding an elementwise op here is all the front end needs.
+FUNCTIONS = {"relu": "relu"}
+# DSL keyword -> primitive option name (``lambda`` is reserved in Python).
+OPTION_ALIASES = {"lambda": "lam"}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    grammar = resources.files(__package__).joinpath("model.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def read_source(path: str) -> str:
+    """Read a model file, turning every way it can be unreadable into a located error."""
+    where = Loc(path)
+    if not os.path.exists(path):
+        raise FeascompError("no such file", where)
+    if os.path.isdir(path):
+        raise FeascompError("is a directory, not a model file", where)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise FeascompError(f"cannot read file: {e.strerror}", where) from None
+    if b"\x00" in data:
+        raise FeascompError("binary file (contains NUL bytes), not a model file", where)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise FeascompError("file is not valid UTF-8", Loc(path, line, col)) from None
+    if not text.strip():
+        raise FeascompError("empty model file", Loc(path, 1, 1, ""))
+    return text
+
+
+def parse_file(path: str) -> TensorModule:
+    return parse_model(read_source(path), path)
+
+
+def parse_model(text: str, file: str = "<model>") -> TensorModule:
+    try:
+        tree = _parser().parse(text if text.endswith("\n") else text + "\n")
+    except lark.exceptions.UnexpectedInput as e:
+        raise _syntax_error(e, text, file) from None
+    module = _Lower(text, file).module(tree)
+    verify(module)
+    return module
+
+
+def _syntax_error(e, text, file) -> FeascompError:
+    line, col = getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        msg = f"unexpected character {text.splitlines()[line - 1][col - 1]!r}" if line <= len(text.splitlines()) else "unexpected character"
+    elif isinstance(e, lark.exceptions.UnexpectedToken):
+        tok = e.token
+        if tok.type == "$END":
+            msg = "unexpected end of file"
+        elif tok.type == "_NL":
+            msg = "unexpected end of line"
+        else:
+            msg = f"unexpected {str(tok)!r}"
+        expected = sorted(e.expected - {"_NL"})
+        if expected and len(expected) <= 6:
+            msg += f" (expected {', '.join(_pretty(t) for t in expected)})"
+    else:
+        msg = "syntax error"
+    return FeascompError(f"syntax error: {msg}", loc_in(file, text, line, col))
+
+
+def _pretty(term: str) -> str:
+    names = {"NAME": "a name", "INT": "an integer", "SIGNED_NUMBER": "a number", "ESCAPED_STRING": "a string",
+             "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'", "PLUS": "'+'",
+             "LSQB": "'['", "RSQB": "']'", "__ANON_0": "'@'"}
+    return names.get(term, term.lower())
+
+
+class _Lower:
+    def __init__(self, text: str, file: str):
+        self.text, self.file = text, file
+        self.ops: list[Op] = []
+        self.types: dict[str, TensorType] = {}
+        self.decl: dict[str, Loc] = {}
+        self.tmp = 0
+        self.name = os.path.splitext(os.path.basename(file))[0] or "model"
+        self.name = "".join(c if c.isalnum() or c == "_" else "_" for c in self.name)
+
+    def loc(self, node) -> Loc:
+        if isinstance(node, lark.Token):
+            return loc_in(self.file, self.text, node.line, node.column)
+        return loc_in(self.file, self.text, node.meta.line, node.meta.column)
+
+    def err(self, msg, node, note=None):
+        return FeascompError(msg, self.loc(node), note)
+
+    def module(self, tree) -> TensorModule:
+        for stmt in tree.children:
+            if stmt is not None:
+                getattr(self, stmt.data)(stmt)
+        if not any(op.opname == "output" for op in self.ops):
+            raise FeascompError("the model has no `output` statement", Loc(self.file, 1, 1, self.text.splitlines()[0]))
+        if not any(op.opname == "loss" for op in self.ops):
+            raise FeascompError("the model has no `loss` statement", Loc(self.file, 1, 1, self.text.splitlines()[0]))
+        return TensorModule(self.name, tuple(self.ops))
+
+    # statements -------------------------------------------------------------------------
+    def model_decl(self, st):
+        self.name = str(st.children[0])
+
+    def _define(self, name_tok, ty: TensorType, op: Op):
+        name = str(name_tok)
+        if name in self.types:
+            prev = self.decl[name]
+            raise self.err(f"{name!r} is already defined (at line {prev.line})", name_tok)
+        self.types[name] = ty
+        self.decl[name] = self.loc(name_tok)
+        self.ops.append(op)
+
+    def _type(self, node) -> TensorType:
+        dt = str(node.children[0])
+        if dt not in DTYPES:
+            raise self.err(f"unknown element type {dt!r}; use one of {', '.join(DTYPES)}", node.children[0])
+        dims = [d for d in node.children[1:] if d is not None]
+        for d in dims:
+            if int(d) <= 0:
+                raise self.err("dimensions must be positive", d)
+        return TensorType(dt, tuple(int(d) for d in dims))
+
+    def input_decl(self, st):
+        name, ty = st.children
+        t = self._type(ty)
+        self._define(name, t, Op("input", str(name), (), (), t, self.loc(st)))
+
+    def param_decl(self, st):
+        name, ty, init = st.children
+        t = self._type(ty)
+        init_name = str(init) if init is not None else "zeros"
+        from ..ir.tensor import INITIALIZERS
+
+        if init_name not in INITIALIZERS:
+            raise self.err(f"unknown initialiser {init_name!r}; use one of {', '.join(INITIALIZERS)}", init)
+        self._define(name, t, Op("param", str(name), (), (("init", init_name),), t, self.loc(st)))
+
+    def assign(self, st):
+        name, expr = st.children
+        self.expr(expr, result=name)
+
+    def output_stmt(self, st):
+        name, expr = st.children
+        if expr is not None:
+            self.expr(expr, result=name)
+        elif str(name) not in self.types:
+            raise self.err(f"undefined name {str(name)!r}", name)
+        self.ops.append(Op("output", None, (str(name),), (), None, self.loc(st)))
+
+    def loss_stmt(self, st):
+        kind, *args = st.children
+        from ..primitives import get, names
+
+        if str(kind) not in names("loss"):
+            raise self.err(f"unknown loss {str(kind)!r}; available: {', '.join(names('loss'))}", kind)
+        positional = [a for a in args if not (isinstance(a, lark.Tree) and a.data == "kwarg")]
+        kwargs = [a for a in args if isinstance(a, lark.Tree) and a.data == "kwarg"]
+        if len(positional) != 1:
+            raise self.err(f"{kind} takes one positional argument (the logits), got {len(positional)}", kind)
+        value = self.expr(positional[0])
+        outs = [op.operands[0] for op in self.ops if op.opname == "output"]
+        if not outs:
+            raise self.err("the loss must come after the `output` statement", st)
+        if value != outs[0]:
+            raise self.err(f"the loss must be applied to the output {outs[0]!r}", positional[0])
+        attrs = [("kind", str(kind))]
+        for kw in kwargs:
+            key, val = kw.children
+            opt = OPTION_ALIASES.get(str(key), str(key))
+            v = json.loads(val) if val.type == "ESCAPED_STRING" else (float(val) if any(c in val for c in ".eE") else int(val))
+            attrs.append((opt, float(v) if isinstance(v, int) and opt == "lam" else v))
+        try:
+            prim = get(str(kind), **dict(attrs[1:]))
+        except ValueError as e:
+            raise self.err(str(e), kwargs[0] if kwargs else kind) from None
+        if prim.opts.get("lam", 1.0) <= 0:
+            raise self.err("lambda must be positive", kwargs[0] if kwargs else kind)
+        self.ops.append(Op("loss", None, (value,), tuple(attrs), None, self.loc(st)))
+
+    # expressions --------------------------------------------------------------------------
+    def _fresh(self) -> str:
+        while str(self.tmp) in self.types:
+            self.tmp += 1
+        name = str(self.tmp)
+        self.tmp += 1
+        return name
+
+    def _emit(self, opname, operands, node, result=None, attrs=()) -> str:
+        from ..ir.tensor import OPS
+
+        ts = [self.types[v] for v in operands]
+        op = Op(opname, None, tuple(operands), tuple(attrs), None, self.loc(node))
+        t = OPS[opname].rule(op, ts)
+        if isinstance(t, str):
+            raise self.err(t, node)
+        if result is None:
+            name = self._fresh()
+            self.types[name] = t
+            self.decl[name] = self.loc(node)
+            self.ops.append(Op(opname, name, tuple(operands), tuple(attrs), t, self.loc(node)))
+            return name
+        self._define(result, t, Op(opname, str(result), tuple(operands), tuple(attrs), t, self.loc(node)))
+        return str(result)
+
+    def expr(self, node, result=None) -> str:
+        if isinstance(node, lark.Token) or node.data == "ref":
+            tok = node if isinstance(node, lark.Token) else node.children[0]
+            name = str(tok)
+            if name not in self.types:
+                raise self.err(f"undefined name {name!r}", tok)
+            if result is not None:
+                raise self.err(f"`{result} = {name}` only renames a value; use {name!r} directly", node)
+            return name
+        if node.data in ("add", "matmul"):
+            a = self.expr(node.children[0])
+            b = self.expr(node.children[1])
+            return self._emit(node.data, [a, b], node, result)
+        if node.data == "call":
+            fn, *args = node.children
+            args = [a for a in args if a is not None]
+            if str(fn) not in FUNCTIONS:
+                raise self.err(f"unknown function {str(fn)!r}; available: {', '.join(sorted(FUNCTIONS))}", fn)
+            if any(isinstance(a, lark.Tree) and a.data == "kwarg" for a in args) or len(args) != 1:
+                raise self.err(f"{fn} takes exactly one argument", fn)
+            return self._emit(FUNCTIONS[str(fn)], [self.expr(args[0])], node, result)
+        if node.data == "kwarg":
+            raise self.err("a keyword argument is only allowed in a call", node)
+        raise self.err(f"unsupported expression {node.data}", node)

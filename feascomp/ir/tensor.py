@@ -1,0 +1,185 @@
+"""Tensor IR: typed SSA operations on per-sample tensors (no batch axis).
+
+    tensor @mnist_mlp {
+      %x = input() : f32[784]
+      %W1 = param() {init = "he_normal"} : f32[784, 128]
+      %0 = matmul(%x, %W1) : f32[128]
+      %h = relu(%0) : f32[128]
+      output(%h)
+      loss(%h) {kind = "cross_entropy", lam = 5.0}
+    }
+
+Each op kind is an :class:`OpDef` with its arity and a type rule; :func:`verify` checks
+SSA form and re-derives every result type. The front ends (DSL, jaxpr) build this level.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import FeascompError, Loc
+from .types import TensorType
+
+Attrs = tuple[tuple[str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    opname: str
+    result: str | None  # SSA name without '%', None for output/loss
+    operands: tuple[str, ...]
+    attrs: Attrs = ()
+    type: TensorType | None = None
+    loc: Loc | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def attr(self, key: str, default=None):
+        return dict(self.attrs).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorModule:
+    name: str
+    ops: tuple[Op, ...]
+
+    def types(self) -> dict[str, TensorType]:
+        return {op.result: op.type for op in self.ops if op.result is not None}
+
+    def by_kind(self, opname: str) -> list[Op]:
+        return [op for op in self.ops if op.opname == opname]
+
+    @property
+    def output(self) -> str:
+        return self.by_kind("output")[0].operands[0]
+
+    @property
+    def loss(self) -> Op:
+        return self.by_kind("loss")[0]
+
+    def __str__(self) -> str:
+        from .text import print_tensor
+
+        return print_tensor(self)
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y))
+    return tuple(reversed(out))
+
+
+def _matmul(op, ts):
+    a, b = ts
+    if a.rank < 1 or b.rank != 2:
+        return f"matmul needs a vector or matrix on the left and a matrix on the right, got {a} @ {b}"
+    if a.shape[-1] != b.shape[0]:
+        return f"matmul shapes do not agree: {a} @ {b} (contraction {a.shape[-1]} vs {b.shape[0]})"
+    return a.with_shape(a.shape[:-1] + b.shape[1:])
+
+
+def _elementwise2(op, ts):
+    a, b = ts
+    shape = _broadcast(a.shape, b.shape)
+    if shape is None:
+        return f"{op.opname} shapes do not broadcast: {a} and {b}"
+    return a.with_shape(shape)
+
+
+def _same(op, ts):
+    return ts[0]
+
+
+def _declared(op, ts):
+    return op.type
+
+
+@dataclasses.dataclass(frozen=True)
+class OpDef:
+    arity: int | None  # None: any
+    rule: Callable  # (op, operand types) -> TensorType | error text
+    has_result: bool = True
+    evaluate: Callable | None = None  # (xp, op, *batched operands) -> batched result
+
+
+OPS: dict[str, OpDef] = {
+    "input": OpDef(0, _declared),
+    "param": OpDef(0, _declared),
+    "matmul": OpDef(2, _matmul, evaluate=lambda xp, op, a, b: xp.matmul(a, b)),
+    "add": OpDef(2, _elementwise2, evaluate=lambda xp, op, a, b: a + b),
+    "relu": OpDef(1, _same, evaluate=lambda xp, op, a: xp.maximum(a, 0)),
+    "output": OpDef(1, lambda op, ts: None, has_result=False),
+    "loss": OpDef(1, lambda op, ts: None, has_result=False),
+}
+
+
+def evaluate(xp, module: "TensorModule", params: dict, inputs: dict):
+    """The model's output on a batch (inputs carry a leading batch axis; params do not).
+
+    Right-aligned broadcasting makes per-sample rules work unchanged on batched operands.
+    """
+    env = dict(params)
+    env.update(inputs)
+    for op in module.ops:
+        d = OPS[op.opname]
+        if d.evaluate is not None:
+            env[op.result] = d.evaluate(xp, op, *(env[v] for v in op.operands))
+    return env[module.output]
+
+INITIALIZERS = ("zeros", "normal", "he_normal")
+
+
+def verify(module: TensorModule) -> None:
+    """Raise FeascompError if the module is not well formed and well typed."""
+    from ..primitives import get, names
+
+    defined: dict[str, TensorType] = {}
+    for op in module.ops:
+        where = op.loc
+        d = OPS.get(op.opname)
+        if d is None:
+            raise FeascompError(f"unknown tensor op {op.opname!r}", where)
+        if d.arity is not None and len(op.operands) != d.arity:
+            raise FeascompError(f"{op.opname} takes {d.arity} operand(s), got {len(op.operands)}", where)
+        for v in op.operands:
+            if v not in defined:
+                raise FeascompError(f"use of undefined value %{v}", where)
+        if d.has_result != (op.result is not None):
+            raise FeascompError(f"{op.opname} {'needs' if d.has_result else 'has no'} result", where)
+        if op.opname == "param" and op.attr("init", "zeros") not in INITIALIZERS:
+            raise FeascompError(
+                f"unknown initialiser {op.attr('init')!r}; use one of {', '.join(INITIALIZERS)}", where
+            )
+        if op.opname == "loss":
+            kind = op.attr("kind")
+            if kind not in names("loss"):
+                raise FeascompError(f"unknown loss {kind!r}; use one of {', '.join(names('loss'))}", where)
+            try:
+                get(kind, **{k: v for k, v in op.attrs if k != "kind"})
+            except ValueError as e:
+                raise FeascompError(str(e), where) from None
+        if d.has_result:
+            if op.result in defined:
+                raise FeascompError(f"value %{op.result} is defined twice", where)
+            t = d.rule(op, [defined[v] for v in op.operands])
+            if isinstance(t, str):
+                raise FeascompError(t, where)
+            if op.type is not None and t != op.type:
+                raise FeascompError(f"%{op.result} is declared {op.type} but {op.opname} gives {t}", where)
+            defined[op.result] = t
+    outs = module.by_kind("output")
+    losses = module.by_kind("loss")
+    if len(outs) != 1:
+        raise FeascompError(f"a model needs exactly one output, found {len(outs)}", Loc(module.name))
+    if len(losses) != 1:
+        raise FeascompError(f"a model needs exactly one loss, found {len(losses)}", Loc(module.name))
+    if defined[outs[0].operands[0]].rank != 1:
+        raise FeascompError(
+            f"the output must be a vector of logits, got {defined[outs[0].operands[0]]}", outs[0].loc
+        )
+    if losses[0].operands[0] != outs[0].operands[0]:
+        raise FeascompError("the loss must be applied to the output", losses[0].loc)

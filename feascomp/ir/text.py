@@ -1,0 +1,202 @@
+"""Printer and parser for every IR level. print(parse(print(m))) == print(m), and
+parse(print(m)) == m (locations aside)."""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import lark
+
+from ..errors import FeascompError, loc_in
+from .feasibility import MAP_KINDS, Edge, Family, FeasModule, Group
+from .tensor import Op, TensorModule
+from .types import TensorType
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    raise TypeError(f"cannot print attribute value {v!r}")
+
+
+def fmt_attrs(attrs) -> str:
+    if not attrs:
+        return ""
+    return " {" + ", ".join(f"{k} = {fmt_value(v)}" for k, v in attrs) + "}"
+
+
+def print_tensor(m: TensorModule) -> str:
+    lines = [f"tensor @{m.name} {{"]
+    for op in m.ops:
+        lhs = f"%{op.result} = " if op.result is not None else ""
+        args = ", ".join(f"%{v}" for v in op.operands)
+        ty = f" : {op.type}" if op.type is not None else ""
+        lines.append(f"  {lhs}{op.opname}({args}){fmt_attrs(op.attrs)}{ty}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def print_feasibility(m: FeasModule, level: str | None = None) -> str:
+    level = level or ("plan" if m.groups else "feasibility")
+    lines = [f"{level} @{m.name}{fmt_attrs(m.attrs)} {{"]
+    for f in m.families:
+        ports = ", ".join(f"{p}: {n}" for p, n in f.ports)
+        lines.append(f"  %{f.name} = {f.kind}({ports}){fmt_attrs(f.attrs)} : {f.type}")
+    for e in m.edges:
+        lines.append(
+            f"  edge %{e.src} -> %{e.dst}.{e.port}[{e.start}:{e.stop}] {e.map.text(e.type.rank)} : {e.type}"
+        )
+    for g in m.groups:
+        members = ", ".join(f"%{n}" for n in g.members)
+        lines.append(f"  group @{g.name} {{colour = {g.colour}}} {g.kind}({members})")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def print_plan(m: FeasModule) -> str:
+    """The plan's text: the coloured feasibility IR, each family annotated (in comments,
+    which the parser skips) with its colour, node count, scalar edges and state bytes."""
+    body = print_feasibility(m, "plan").splitlines()
+    stats = {}
+    for f in m.families:
+        ins = sum(e.type.size for e in m.in_edges(f.name))
+        outs = sum(e.type.size for e in m.out_edges(f.name))
+        nbytes = sum(e.type.nbytes for e in m.in_edges(f.name))
+        stats[f.name] = f"// colour {f.attr('colour')}, {f.type.size} nodes, {ins} in-edges, {outs} out-edges, state {nbytes} B"
+    out = []
+    for line in body:
+        s = line.strip()
+        name = s[1:].split(" ", 1)[0] if s.startswith("%") else None
+        out.append(f"{line}  {stats[name]}" if name in stats else line)
+    total = sum(e.type.nbytes for e in m.edges)
+    colours = sorted({f.attr("colour") for f in m.families})
+    summary = [f"// {len(m.families)} families, {len(m.edges)} edge families, {sum(e.type.size for e in m.edges)} scalar edges, state {total} B"]
+    for c in colours:
+        members = [f"%{f.name}" for f in m.families if f.attr("colour") == c]
+        summary.append(f"// colour {c}{' (target; projected first)' if c == 0 else ''}: {', '.join(members)}")
+    return "\n".join(summary + out) + "\n"
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    grammar = resources.files(__package__).joinpath("ir.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+class _Build(lark.Transformer):
+    def number(self, items):
+        s = str(items[0])
+        if s in ("inf", "+inf", "-inf", "nan"):
+            return float(s)
+        return float(s) if any(c in s for c in ".eE") else int(s)
+
+    def string(self, items):
+        return json.loads(items[0])
+
+    def true(self, _):
+        return True
+
+    def false(self, _):
+        return False
+
+    def list(self, items):
+        return [x for x in items if x is not None]
+
+    def attr(self, items):
+        return (str(items[0]), items[1])
+
+    def attrdict(self, items):
+        return tuple(x for x in items if x is not None)
+
+    def type(self, items):
+        return TensorType(str(items[0]), tuple(int(x) for x in items[1:] if x is not None))
+
+    def operands(self, items):
+        return list(items)
+
+    def value_operand(self, items):
+        return ("value", str(items[0])[1:])
+
+    def port_operand(self, items):
+        return ("port", (str(items[0]), int(items[1])))
+
+
+def parse_ir(text: str, file: str = "<ir>") -> TensorModule | FeasModule:
+    """Parse any IR level's text. Errors are FeascompErrors located in ``file``."""
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as e:
+        line, col = getattr(e, "line", 0) or 0, getattr(e, "column", 0) or 0
+        tok = getattr(e, "token", None)
+        what = f"unexpected {tok!r}" if tok is not None else "unexpected input"
+        raise FeascompError(f"IR syntax error: {what}", loc_in(file, text, line, col)) from None
+    tree = _Build().transform(tree)
+    mod = tree.children[0]
+    level, name, attrs = str(mod.children[0]), str(mod.children[1]), mod.children[2] or ()
+    items = mod.children[3:]
+    try:
+        if level == "tensor":
+            return _tensor_module(name, items, file, text)
+        return _feas_module(name, attrs, items, file, text)
+    except (ValueError, KeyError) as e:
+        raise FeascompError(f"malformed IR: {e}", loc_in(file, text, 1, 1)) from None
+
+
+def _loc(item, file, text):
+    meta = getattr(item, "meta", None)
+    if meta is None or getattr(meta, "empty", True):
+        return None
+    return loc_in(file, text, meta.line, meta.column)
+
+
+def _tensor_module(name, items, file, text) -> TensorModule:
+    ops = []
+    for it in items:
+        if it.data != "op":
+            raise FeascompError("tensor IR holds only ops", _loc(it, file, text))
+        result, opname, operands, attrs, ty = it.children
+        vals = []
+        for o in operands or ():
+            if o[0] != "value":
+                raise FeascompError("tensor ops take %values, not ports", _loc(it, file, text))
+            vals.append(o[1])
+        ops.append(
+            Op(str(opname), str(result)[1:] if result else None, tuple(vals), attrs or (), ty, _loc(it, file, text))
+        )
+    return TensorModule(name, tuple(ops))
+
+
+def _feas_module(name, attrs, items, file, text) -> FeasModule:
+    fams, edges, groups = [], [], []
+    for it in items:
+        if it.data == "op":
+            result, kind, operands, fattrs, ty = it.children
+            ports = tuple(o[1] for o in operands or ())
+            if result is None or ty is None or any(o[0] != "port" for o in operands or ()):
+                raise FeascompError("a family reads `%name = kind(port: n, ...) {attrs} : type`", _loc(it, file, text))
+            fams.append(Family(str(result)[1:], str(kind), ty, ports, fattrs or (), _loc(it, file, text)))
+        elif it.data == "edge":
+            src, dst, port, start, stop, mkind, spec, ty = it.children
+            cls = MAP_KINDS.get(str(mkind))
+            if cls is None:
+                raise FeascompError(f"unknown edge map kind {str(mkind)!r}", _loc(it, file, text))
+            edges.append(Edge(str(src)[1:], str(dst)[1:], str(port), int(start), int(stop), cls.parse(json.loads(spec)), ty))
+        else:
+            gname, gattrs, kind, *members = it.children
+            groups.append(Group(str(gname), int(dict(gattrs)["colour"]), str(kind), tuple(str(v)[1:] for v in members)))
+    return FeasModule(name, tuple(fams), tuple(edges), attrs, tuple(groups))

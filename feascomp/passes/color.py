@@ -1,0 +1,65 @@
+"""color: 2-colour the family graph so that each colour's projections run in parallel.
+
+Families are adjacent when an edge family joins them. Since every scalar edge runs between
+two families, a proper colouring of the (small) family graph colours the scalar graph.
+Colour 0 holds the target and is projected first. A graph that is not bipartite is an
+error naming an odd cycle (``insert-identities`` makes graphs bipartite).
+
+    %h = sum_relu(x: 2) : f32[256, 128]   ==>   %h = sum_relu(x: 2) {colour = 0} : f32[256, 128]
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+
+from ..errors import FeascompError, Loc
+from ..ir.feasibility import FeasModule
+
+
+def family_graph(m: FeasModule) -> nx.Graph:
+    g = nx.Graph()
+    g.add_nodes_from(f.name for f in m.families)
+    g.add_edges_from((e.src, e.dst) for e in m.edges)
+    return g
+
+
+def odd_cycle(g: nx.Graph) -> list[str]:
+    """Some odd cycle of a non-bipartite graph (for the error message)."""
+    for comp in nx.connected_components(g):
+        sub = g.subgraph(comp)
+        root = next(iter(comp))
+        depth = nx.single_source_shortest_path_length(sub, root)
+        tree = nx.bfs_tree(sub, root).to_undirected()
+        for u, v in sub.edges():
+            if depth[u] % 2 == depth[v] % 2:
+                return nx.shortest_path(tree, u, v)
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorPass:
+    name = "color"
+    output_stage = "plan"
+    input_level = "feasibility"
+
+    def run(self, m: FeasModule) -> FeasModule:
+        g = family_graph(m)
+        if not nx.is_bipartite(g):
+            cycle = " - ".join(f"%{n}" for n in odd_cycle(g))
+            raise FeascompError(
+                f"the family graph is not bipartite (odd cycle {cycle}); 2-colour algorithms need "
+                "identity families on it",
+                Loc(m.name),
+            )
+        target = next(f.name for f in m.families if f.kind == "target")
+        colour: dict[str, int] = {}
+        for comp in sorted(nx.connected_components(g), key=lambda c: target not in c):
+            root = target if target in comp else min(comp)
+            for n, d in nx.single_source_shortest_path_length(g.subgraph(comp), root).items():
+                colour[n] = d % 2
+        fams = tuple(
+            dataclasses.replace(f, attrs=tuple((k, v) for k, v in f.attrs if k != "colour") + (("colour", colour[f.name]),))
+            for f in m.families
+        )
+        return m.replace(families=fams)

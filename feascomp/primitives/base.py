@@ -1,0 +1,132 @@
+"""The primitive contract: one object per primitive holds every rule the compiler needs.
+
+A *function primitive* f (identity, sum, sum_relu, dot, ...) is a hidden node of the
+computation graph. Its rules:
+
+- ``ports``: names of its input ports. A port is *vector* (it carries a trailing axis of
+  length n, e.g. ``sum.x`` or ``dot.a``) or *scalar*.
+- ``shape_rule(lengths, options)``: checks port lengths, returns an error text or None.
+- ``forward(xp, options, *inputs) -> output``.
+- ``project(xp, options, inputs, output, weight) -> (inputs, output)``: the nearest point of
+  Graph(f) (its closure) to (inputs, output) in the metric
+  ``||x - x0||^2 + weight * (y - y0)^2`` -- the weighted projection of Theorem 3, where
+  weight is the node's out-degree (1 reproduces the paper's code).
+
+A *loss primitive* (cross_entropy, ...) is a target node: ``forward`` gives the per-sample
+loss and ``prox(xp, options, logits, onehot)`` the operator applied to the logits.
+
+Every rule is written once against an array namespace ``xp`` (NumPy or jax.numpy), so the
+NumPy oracle and the JAX backend run the same arithmetic. Leading axes are node axes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+
+def namespace(*arrays: Any):
+    """jax.numpy if any argument is a JAX array (or tracer), else NumPy."""
+    import jax
+
+    for a in arrays:
+        if isinstance(a, jax.Array):
+            import jax.numpy as jnp
+
+            return jnp
+    return np
+
+
+def while_loop(xp, cond: Callable, body: Callable, state):
+    """lax.while_loop for jax.numpy, a Python loop for NumPy."""
+    if xp is np:
+        while bool(cond(state)):
+            state = body(state)
+        return state
+    from jax import lax
+
+    return lax.while_loop(cond, body, state)
+
+
+def eps(dtype) -> float:
+    return float(np.finfo(np.dtype(dtype)).eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    name: str
+    vector: bool  # carries a trailing axis of length n
+
+
+@dataclasses.dataclass(frozen=True)
+class Primitive:
+    """A function primitive with bound options. Build with :func:`feascomp.primitives.get`."""
+
+    name: str
+    ports: tuple[Port, ...]
+    forward_rule: Callable
+    project_rule: Callable
+    shape_rule: Callable[[Mapping[str, int | None], Mapping[str, Any]], str | None]
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    doc: str = ""
+    kind: str = "function"
+
+    def with_options(self, **options) -> "Primitive":
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"primitive {self.name!r} has no option(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.defaults) or 'none'}"
+            )
+        merged = {**self.defaults, **self.options, **options}
+        return dataclasses.replace(self, options=MappingProxyType(merged))
+
+    @property
+    def opts(self) -> Mapping[str, Any]:
+        return {**self.defaults, **self.options}
+
+    def check(self, lengths: Mapping[str, int | None]) -> str | None:
+        return self.shape_rule(lengths, self.opts)
+
+    def forward(self, *inputs):
+        xp = namespace(*inputs)
+        return self.forward_rule(xp, self.opts, *inputs)
+
+    def project(self, inputs, output, weight=1.0):
+        """Nearest point of Graph(f) to (inputs, output); returns (inputs, output)."""
+        inputs = tuple(inputs)
+        xp = namespace(*inputs, output, weight)
+        dtype = xp.result_type(*inputs, output)
+        inputs = tuple(xp.asarray(a, dtype) for a in inputs)
+        output = xp.asarray(output, dtype)
+        weight = xp.asarray(weight, dtype)
+        return self.project_rule(xp, self.opts, inputs, output, weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossPrimitive:
+    """A target (loss) primitive. ``prox`` acts on the logits given one-hot targets."""
+
+    name: str
+    forward_rule: Callable
+    prox_rule: Callable
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    doc: str = ""
+    kind: str = "loss"
+
+    with_options = Primitive.with_options
+    opts = Primitive.opts
+
+    def forward(self, logits, target):
+        xp = namespace(logits, target)
+        return self.forward_rule(xp, self.opts, logits, target)
+
+    def prox(self, logits, target):
+        xp = namespace(logits, target)
+        logits = xp.asarray(logits)
+        return self.prox_rule(xp, self.opts, logits, xp.asarray(target, logits.dtype))

@@ -1,0 +1,128 @@
+"""Dot product z = <a, b> (Theorem 7), weighted, with the degenerate branches.
+
+Rotate to u = (a + b)/√2, v = (a - b)/√2: then <a, b> = (|u|^2 - |v|^2)/2 and the
+problem min |a - a0|^2 + |b - b0|^2 + w (<a, b> - z0)^2 keeps u ∥ u0 and v ∥ v0. With
+A = |u0|, B = |v0| the stationarity conditions a = a0 + λ b, b = b0 + λ a (λ = w (z0 - z))
+give |u| = A / (1 - λ), |v| = B / (1 + λ) and λ is the root in (-1, 1) of
+
+    f(λ) = ½ (A² / (1 - λ)² - B² / (1 + λ)²) + λ / w - z0,
+
+which is strictly increasing (f' = A²/(1-λ)³ + B²/(1+λ)³ + 1/w > 0): the paper's
+equation (32) in these coordinates. We find it with Newton safeguarded by a bracket that
+stays inside (-1, 1) (the paper's unguarded Newton from 0 can leave the interval).
+
+Degenerate branches. If A = 0 (a0 = -b0) f stays finite at λ → 1; when f(1-) < 0 the
+nearest points have λ = 1 and |u| = sqrt(2 (z0 - 1/w) + B²/4) > 0 in *any* direction
+(likewise B = 0, a0 = b0, at λ = -1). The bracket then converges to the end point and the
+norms below are computed from the constraint, so these cases need no special code but
+the direction: we take u along u0 if A > 0, else along v0, else along the first axis
+(the choice documented in docs/primitives.md). E.g. a0 = b0 = 0, z0 = 2: the nearest
+points are a = b = e1, z = 1, at distance² 3; the origin is at distance² 4.
+
+Conditioning near |λ| = 1: for λ >= 0 we take |v| = B/(1+λ) (well conditioned) and |u|
+from the constraint |u|² = 2z + |v|²; for λ < 0 the mirror image. Then <a, b> = z holds
+to rounding whatever the accuracy of λ.
+"""
+from __future__ import annotations
+
+import math
+
+from . import register
+from .base import Port, Primitive, eps, while_loop
+
+
+def forward_dot(xp, opts, a, b):
+    return xp.sum(a * b, axis=-1)
+
+
+def solve_lambda(xp, A2, B2, z0, w):
+    """Root in (-1, 1) of f (module docstring), vectorised; safeguarded Newton."""
+    dtype = A2.dtype
+    tol = 8 * eps(dtype)
+    tiny = float(xp.finfo(dtype).tiny) ** 0.5
+    winv = 1 / w
+
+    def f_df(lam):
+        om = xp.maximum(1 - lam, tiny)
+        op = xp.maximum(1 + lam, tiny)
+        ta = A2 / om**2
+        tb = B2 / op**2
+        f = 0.5 * (ta - tb) + lam * winv - z0
+        df = ta / om + tb / op + winv
+        return f, df
+
+    def cond(st):
+        it, lam, lo, hi, active = st
+        return xp.logical_and(it < 100, xp.any(active))
+
+    def body(st):
+        it, lam, lo, hi, active = st
+        f, df = f_df(lam)
+        lo = xp.where(f < 0, lam, lo)
+        hi = xp.where(f > 0, lam, hi)
+        newton = lam - f / df
+        inside = xp.logical_and(newton > lo, newton < hi)
+        nxt = xp.where(inside, newton, 0.5 * (lo + hi))
+        nxt = xp.where(f == 0, lam, nxt)
+        done = xp.logical_or(xp.abs(nxt - lam) <= tol * xp.maximum(1, xp.abs(lam)), hi - lo <= tol)
+        active = xp.logical_and(active, xp.logical_not(done))
+        lam = xp.where(active | done, nxt, lam)
+        return it + 1, lam, lo, hi, active
+
+    zeros = xp.zeros_like(A2)
+    # A cheap start: the root of the linearisation of f at 0 (f(0) = (A²-B²)/2 - z0).
+    f0, df0 = f_df(zeros)
+    lam0 = xp.clip(-f0 / df0, -0.5, 0.5)
+    st = (0, lam0, zeros - 1, zeros + 1, xp.ones(A2.shape, dtype=bool))
+    _, lam, _, _, _ = while_loop(xp, cond, body, st)
+    return lam
+
+
+def project_dot(xp, opts, inputs, z0, w):
+    a0, b0 = inputs
+    dtype = a0.dtype
+    s = a0 + b0
+    d = a0 - b0
+    A2 = 0.5 * xp.sum(s * s, axis=-1)
+    B2 = 0.5 * xp.sum(d * d, axis=-1)
+    lam = solve_lambda(xp, A2, B2, z0, w)
+    z = z0 - lam / w
+    A = xp.sqrt(A2)
+    B = xp.sqrt(B2)
+    pos = lam >= 0
+    nu_pos = B / (1 + lam)
+    nu_pos = xp.where(pos, nu_pos, 0)
+    nu_neg_base = A / xp.maximum(1 - lam, 1)  # only used where lam < 0, where 1 - lam > 1
+    nu_u = xp.where(pos, xp.sqrt(xp.maximum(2 * z + nu_pos**2, 0)), nu_neg_base)
+    nu_v = xp.where(pos, nu_pos, xp.sqrt(xp.maximum(nu_neg_base**2 - 2 * z, 0)))
+    # Directions (degenerate fallbacks described in the module docstring).
+    has_a = A > 0
+    has_b = B > 0
+    first = (xp.arange(a0.shape[-1]) == 0).astype(dtype)
+    U = xp.where(has_a[..., None], s, xp.where(has_b[..., None], d, first))
+    V = xp.where(has_b[..., None], d, xp.where(has_a[..., None], s, first))
+    normU = xp.where(has_a, math.sqrt(2) * A, xp.where(has_b, math.sqrt(2) * B, 1))
+    normV = xp.where(has_b, math.sqrt(2) * B, xp.where(has_a, math.sqrt(2) * A, 1))
+    cu = (nu_u / (math.sqrt(2) * normU))[..., None]
+    cv = (nu_v / (math.sqrt(2) * normV))[..., None]
+    a = cu * U + cv * V
+    b = cu * U - cv * V
+    return (a, b), z
+
+
+def _same_length(lengths, opts):
+    if lengths.get("a") != lengths.get("b"):
+        return f"dot needs equal port lengths, got a[{lengths.get('a')}] and b[{lengths.get('b')}]"
+    return None
+
+
+dot = register(
+    Primitive(
+        name="dot",
+        ports=(Port("a", vector=True), Port("b", vector=True)),
+        forward_rule=forward_dot,
+        project_rule=project_dot,
+        shape_rule=_same_length,
+        doc="z = <a, b>",
+    )
+)

@@ -1,0 +1,247 @@
+"""compile(): a model (file, tensor IR) -> a Solver used like an optax optimizer.
+
+    solver = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="dr")
+    params = solver.init_params(seed=0)
+    state = solver.init(params)
+    for x, y in batches:
+        params, state, info = solver.update(state, x, y)   # K projection steps, one jitted call
+    logits = solver.apply(params, x_test)
+
+The model is compiled once per batch size: the front end and passes run here, the jitted
+update is traced on first use (or ahead of time by :meth:`Solver.compile_update`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from .algorithms import get_algorithm
+from .errors import FeascompError
+from .ir import FeasModule, TensorModule, print_feasibility, print_tensor
+from .ir.text import print_plan
+from .ir.tensor import evaluate
+from .passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+STAGES = ("tensor", "feasibility", "plan")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverState:
+    """What carries over between updates: the current parameters and the update count."""
+
+    params: dict
+    count: int = 0
+
+
+def load_model(model) -> TensorModule:
+    if isinstance(model, TensorModule):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .frontends.dsl import parse_file
+
+        return parse_file(os.fspath(model))
+    raise TypeError(f"cannot compile a {type(model).__name__}; give a .fc path or a TensorModule")
+
+
+def compile(  # noqa: A001  (the public name users expect)
+    model,
+    *,
+    batch_size: int = 256,
+    algorithm: str = "dr",
+    steps: int = 50,
+    dtype: str = "float32",
+    weighted: bool = False,
+    relaxation: float = 0.5,
+    loss_options: dict | None = None,
+    pipeline: str = DEFAULT_PIPELINE,
+) -> "Solver":
+    tensor = load_model(model)
+    if dtype not in DTYPES:
+        raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if steps < 1:
+        raise FeascompError("steps per batch must be at least 1")
+    alg_opts = {"relaxation": relaxation} if algorithm == "dr" else {}
+    try:
+        alg = get_algorithm(algorithm, **alg_opts)
+    except ValueError as e:
+        raise FeascompError(str(e)) from None
+    timings: dict[str, float] = {}
+    stages = {"tensor": tensor}
+
+    def record(p, module):
+        stages[p.output_stage] = module
+
+    plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
+    if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
+        raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
+    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings)
+    solver.stages = stages
+    return solver
+
+
+class Solver:
+    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings):
+        from .backends.materialized import Program
+
+        self.tensor: TensorModule = tensor
+        self.plan: FeasModule = plan
+        self.algorithm = algorithm
+        self.steps = steps
+        self.dtype = dtype
+        self.weighted = weighted
+        self.pass_seconds = timings
+        self.program = Program(plan, weighted=weighted, loss_options=loss_options)
+        if len(self.program.consts) != 1:
+            raise FeascompError(f"a model needs exactly one input, found {len(self.program.consts)}")
+        self.batch_size = int(plan.attr("batch"))
+        self.input_name = self.program.consts[0]
+        self.input_shape = plan.family(self.input_name).type.shape[1:]
+        self.num_classes = plan.family(self.program.target).port_length("logits")
+        self._update = None
+        self._apply = None
+
+    # parameters --------------------------------------------------------------------------
+    def init_params(self, seed: int = 0) -> dict:
+        """Parameters drawn by each param's initialiser (NumPy generator, so any backend
+        starts from the same point)."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for op in self.tensor.by_kind("param"):
+            shape, init = op.type.shape, op.attr("init", "zeros")
+            fan_in = shape[0] if shape else 1
+            if init == "zeros":
+                v = np.zeros(shape)
+            elif init == "he_normal":
+                v = rng.normal(size=shape) * np.sqrt(2.0 / fan_in)
+            elif init == "normal":
+                v = rng.normal(size=shape) / np.sqrt(fan_in)
+            else:  # the verifier rejects others
+                raise FeascompError(f"unknown initialiser {init!r}")
+            out[op.result] = v.astype(DTYPES[self.dtype])
+        return out
+
+    def init(self, params: dict) -> SolverState:
+        self._check_params(params)
+        return SolverState({k: np.asarray(v, DTYPES[self.dtype]) for k, v in params.items()}, 0)
+
+    def _check_params(self, params):
+        want = {op.result: op.type.shape for op in self.tensor.by_kind("param")}
+        if set(params) != set(want):
+            raise FeascompError(f"parameters {sorted(params)} do not match the model's {sorted(want)}")
+        for k, shape in want.items():
+            if tuple(np.shape(params[k])) != shape:
+                raise FeascompError(f"parameter {k} has shape {np.shape(params[k])}, the model declares {list(shape)}")
+
+    # the jitted update ---------------------------------------------------------------------
+    def _update_fn(self):
+        import jax
+        import jax.numpy as jnp
+
+        prog, alg, K = self.program, self.algorithm, self.steps
+
+        def update(params, x, onehot):
+            data = {self.input_name: x, "__labels__": onehot}
+            z = prog.init_edges(jnp, prog.forward_values(jnp, params, data))
+
+            def project(c, z):
+                return prog.project(jnp, c, z, data)
+
+            def body(z, _):
+                return alg.step(jnp, project, z)
+
+            z, residuals = jax.lax.scan(body, z, None, length=K)
+            return prog.param_means(jnp, alg.shadow(project, z)), residuals
+
+        return update
+
+    def _batch(self, x, y):
+        dt = DTYPES[self.dtype]
+        x = np.asarray(x, dt)
+        if x.shape != (self.batch_size,) + self.input_shape:
+            raise FeascompError(
+                f"batch has shape {list(x.shape)}; this solver was compiled for "
+                f"{[self.batch_size, *self.input_shape]} (compile again for another batch size)"
+            )
+        y = np.asarray(y)
+        if y.ndim == 1:
+            onehot = np.eye(self.num_classes, dtype=dt)[y.astype(int)]
+        else:
+            onehot = y.astype(dt)
+        return x, onehot
+
+    def compile_update(self, params=None) -> float:
+        """Trace and compile the update ahead of time; returns the seconds it took."""
+        import jax
+
+        if self._update is not None:
+            return 0.0
+        params = params if params is not None else self.init_params(0)
+        dt = DTYPES[self.dtype]
+        x = np.zeros((self.batch_size,) + self.input_shape, dt)
+        y = np.zeros((self.batch_size, self.num_classes), dt)
+        t0 = time.perf_counter()
+        with _x64(self.dtype):
+            self._update = jax.jit(self._update_fn()).lower(params, x, y).compile()
+        return time.perf_counter() - t0
+
+    def update(self, state: SolverState, x, y):
+        """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
+        Returns (params, state, info); info["residual"] holds one residual per step."""
+        x, onehot = self._batch(x, y)
+        self.compile_update(state.params)
+        with _x64(self.dtype):
+            params, residuals = self._update(state.params, x, onehot)
+        return params, SolverState(params, state.count + 1), {"residual": residuals}
+
+    # inference and inspection ------------------------------------------------------------
+    def apply(self, params: dict, x) -> Any:
+        import jax
+        import jax.numpy as jnp
+
+        if self._apply is None:
+            self._apply = jax.jit(lambda p, x: evaluate(jnp, self.tensor, p, {self.input_name: x}))
+        with _x64(self.dtype):
+            return self._apply(params, np.asarray(x, DTYPES[self.dtype]))
+
+    def accuracy(self, params: dict, x, y) -> float:
+        return float(np.mean(np.argmax(np.asarray(self.apply(params, x)), -1) == np.asarray(y)))
+
+    def dump(self, stage: str = "plan") -> str:
+        """The IR text of a stage: tensor, feasibility (before colouring) or plan."""
+        if stage not in STAGES:
+            raise FeascompError(f"unknown stage {stage!r}; use {', '.join(STAGES)}")
+        module = self.stages[stage]
+        if stage == "tensor":
+            return print_tensor(module)
+        if stage == "plan":
+            return print_plan(module)
+        return print_feasibility(module, "feasibility")
+
+    @property
+    def state_bytes(self) -> int:
+        return self.program.state_bytes(np.dtype(DTYPES[self.dtype]).itemsize)
+
+
+class _x64:
+    """Enable JAX's 64-bit mode for a float64 run only, restoring it afterwards."""
+
+    def __init__(self, dtype):
+        self.on = dtype == "float64"
+
+    def __enter__(self):
+        if self.on:
+            import jax
+
+            self.prev = jax.config.jax_enable_x64
+            jax.config.update("jax_enable_x64", True)
+
+    def __exit__(self, *exc):
+        if self.on:
+            import jax
+
+            jax.config.update("jax_enable_x64", self.prev)
