@@ -227,21 +227,9 @@ class Solver:
         return self.program.state_bytes(np.dtype(DTYPES[self.dtype]).itemsize)
 
 
-class _x64:
-    """Enable JAX's 64-bit mode for a float64 run only, restoring it afterwards."""
+def _x64(dtype: str):
+    """JAX's 64-bit mode for this run only, set explicitly from the run's dtype (a
+    context, so nothing depends on a global flag set elsewhere)."""
+    import jax
 
-    def __init__(self, dtype):
-        self.on = dtype == "float64"
-
-    def __enter__(self):
-        if self.on:
-            import jax
-
-            self.prev = jax.config.jax_enable_x64
-            jax.config.update("jax_enable_x64", True)
-
-    def __exit__(self, *exc):
-        if self.on:
-            import jax
-
-            jax.config.update("jax_enable_x64", self.prev)
+    return jax.enable_x64(dtype == "float64")

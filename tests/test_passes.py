@@ -1,0 +1,165 @@
+"""Passes against reference answers: the tensor IR's own evaluator (scalarize,
+fuse-sum-relu) and brute-force 2-colouring (color)."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feascomp.backends.materialized import Program
+from feascomp.errors import FeascompError
+from feascomp.frontends.dsl import parse_model
+from feascomp.ir import Edge, Family, FeasModule, TensorType, feasibility
+from feascomp.ir.feasibility import BroadcastMap
+from feascomp.ir.tensor import evaluate
+from feascomp.passes import parse_pipeline, run_pipeline
+from feascomp.passes.color import ColorPass
+from feascomp.passes.fuse_sum_relu import FuseSumReluPass
+from feascomp.passes.scalarize import ScalarizePass
+
+
+def mlp_source(widths, bias):
+    lines = ["model r", f"input x : f64[{widths[0]}]"]
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        lines.append(f"param W{i} : f64[{a}, {b}] = normal")
+        if bias[i] and i < len(widths) - 2:
+            lines.append(f"param b{i} : f64[{b}] = normal")
+    h = "x"
+    for i in range(len(widths) - 1):
+        pre = f"{h} @ W{i}" + (f" + b{i}" if bias[i] and i < len(widths) - 2 else "")
+        if i < len(widths) - 2:
+            lines.append(f"h{i} = relu({pre})")
+            h = f"h{i}"
+        else:
+            lines.append(f"output logits = {pre}")
+    lines.append("loss cross_entropy(logits)")
+    return "\n".join(lines) + "\n"
+
+
+mlps = st.tuples(
+    st.lists(st.integers(1, 5), min_size=2, max_size=5).map(lambda w: w[:-1] + [max(w[-1], 2)]),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.integers(1, 4),
+    st.integers(0, 2**31 - 1),
+)
+
+
+def random_params(tensor, rng):
+    return {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(mlps)
+def test_scalarized_forward_equals_tensor_forward(case):
+    widths, bias, batch, seed = case
+    tensor = parse_model(mlp_source(widths, bias))
+    rng = np.random.default_rng(seed)
+    params = random_params(tensor, rng)
+    x = rng.normal(size=(batch, widths[0]))
+    ref = evaluate(np, tensor, params, {"x": x})
+    unfused = run_pipeline(tensor, [ScalarizePass(batch)])
+    fused = run_pipeline(unfused, [FuseSumReluPass()])
+    for m in (unfused, fused):
+        vals = Program(run_pipeline(m, [ColorPass()])).forward_values(np, params, {"x": x})
+        np.testing.assert_allclose(vals["logits"], ref, rtol=1e-12, atol=1e-12)
+    # fuse-sum-relu removes exactly the sum families that fed a relu
+    n_sum = sum(f.kind == "sum" for f in unfused.families)
+    assert sum(f.kind == "sum" for f in fused.families) == 0
+    assert len(fused.families) == len(unfused.families) - n_sum
+
+
+@settings(max_examples=40, deadline=None)
+@given(mlps)
+def test_colouring_is_proper_and_mlps_are_bipartite(case):
+    widths, bias, batch, _ = case
+    plan = run_pipeline(parse_model(mlp_source(widths, bias)), parse_pipeline("scalarize,fuse-sum-relu,color", batch=batch))
+    colour = {f.name: f.attr("colour") for f in plan.families}
+    assert colour["target"] == 0
+    assert all(colour[e.src] != colour[e.dst] for e in plan.edges)
+
+
+def random_dag(n, edges_bits):
+    """Families 0..n-1: 0 is a const, the rest sums; i -> j for i < j where a bit says so
+    (each j > 0 gets at least its predecessor j - 1); the last feeds a target."""
+    pairs = [(i, j) for j in range(1, n) for i in range(j)]
+    chosen = {p for p, bit in zip(pairs, edges_bits) if bit} | {(j - 1, j) for j in range(1, n)}
+    indeg = {j: sum(1 for (_, b) in chosen if b == j) for j in range(n)}
+    fams = [Family("f0", "const", TensorType("f64", (1,)))]
+    fams += [Family(f"f{j}", "sum", TensorType("f64", (1,)), (("x", indeg[j]),)) for j in range(1, n)]
+    fams.append(Family("target", "target", TensorType("f64", (1,)), (("logits", 1),), (("kind", "cross_entropy"),)))
+    slot = {j: 0 for j in range(n)}
+    edges = []
+    for i, j in sorted(chosen):
+        edges.append(Edge(f"f{i}", f"f{j}", "x", slot[j], slot[j] + 1, BroadcastMap((0,)), TensorType("f64", (1, 1))))
+        slot[j] += 1
+    edges.append(Edge(f"f{n - 1}", "target", "logits", 0, 1, BroadcastMap((0,)), TensorType("f64", (1, 1))))
+    return FeasModule("dag", tuple(fams), tuple(edges), (("batch", 1),)), chosen
+
+
+def brute_force_two_colourable(n, pairs):
+    pairs = list(pairs) + [(n - 1, n)]  # the target is node n
+    return any(all(c[a] != c[b] for a, b in pairs) for c in itertools.product((0, 1), repeat=n + 1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 7).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.booleans(), min_size=n * (n - 1) // 2, max_size=n * (n - 1) // 2))))
+def test_color_matches_brute_force(case):
+    n, bits = case
+    m, chosen = random_dag(n, bits)
+    feasibility.verify(m)
+    if brute_force_two_colourable(n, chosen):
+        out = ColorPass().run(m)
+        colour = {f.name: f.attr("colour") for f in out.families}
+        assert colour["target"] == 0 and all(colour[e.src] != colour[e.dst] for e in out.edges)
+    else:
+        with pytest.raises(FeascompError, match="not bipartite"):
+            ColorPass().run(m)
+
+
+def test_projection_makes_each_colours_constraints_hold():
+    """After P_c every family of colour c satisfies its constraint (a reference check of the
+    materialized lowering's gather/scatter and consensus)."""
+    tensor = parse_model(mlp_source([5, 4, 3], [True] * 5))
+    plan = run_pipeline(tensor, parse_pipeline("scalarize,fuse-sum-relu,color", batch=3))
+    prog = Program(plan)
+    rng = np.random.default_rng(0)
+    z = {e.key: rng.normal(size=e.type.shape) for e in plan.edges}
+    data = {"x": rng.normal(size=(3, 5)), "__labels__": np.eye(3)[[0, 1, 2]]}
+    for c in (0, 1):
+        p = prog.project(np, c, z, data)
+        for name in prog.by_colour[c]:
+            info = prog.info[name]
+            f = info.family
+            if f.is_function:
+                ins = [np.concatenate([p[e.key] for e in es], -1) for _, _, es in info.in_ports]
+                y = info.prim.forward(*ins)
+                for e in info.out:
+                    np.testing.assert_allclose(p[e.key], e.map.apply(np, y, e.type.shape), atol=1e-9)
+            elif f.kind == "param":
+                mean = prog._mean_out(np, info, p)
+                for e in info.out:
+                    np.testing.assert_allclose(p[e.key], e.map.apply(np, mean, e.type.shape), atol=1e-12)
+            elif f.kind == "const":
+                for e in info.out:
+                    np.testing.assert_allclose(p[e.key], e.map.apply(np, data["x"], e.type.shape))
+        # edges not incident to colour c are untouched
+        touched = {e.key for e in plan.edges if plan.colour(e.src) == c or plan.colour(e.dst) == c}
+        assert touched == {e.key for e in plan.edges}  # bipartite: every edge touches each colour
+
+
+def test_pipeline_parsing_and_errors():
+    ps = parse_pipeline("scalarize{batch=7}, fuse-sum-relu ,color")
+    assert [p.name for p in ps] == ["scalarize", "fuse-sum-relu", "color"] and ps[0].batch == 7
+    with pytest.raises(FeascompError, match="unknown pass"):
+        parse_pipeline("scalarize,frobnicate")
+    with pytest.raises(FeascompError, match="no option"):
+        parse_pipeline("scalarize{bach=3}")
+    with pytest.raises(FeascompError, match="runs on feasibility IR, but the pipeline gives it tensor IR"):
+        run_pipeline(parse_model(mlp_source([2, 2], [False] * 5)), parse_pipeline("color"))
+
+
+def test_non_bipartite_error_names_the_cycle():
+    m, _ = random_dag(3, [True, True, True])  # f0->f1, f0->f2, f1->f2: a triangle
+    with pytest.raises(FeascompError, match=r"odd cycle %f\d - %f\d - %f\d"):
+        ColorPass().run(m)
