@@ -155,7 +155,7 @@ class Solver:
                 return alg.step(jnp, project, z)
 
             z, residuals = jax.lax.scan(body, z, None, length=K)
-            return prog.param_means(jnp, alg.shadow(project, z)), residuals
+            return prog.param_means(jnp, alg.shadow(project, z), params), residuals
 
         return update
 

@@ -109,3 +109,48 @@ def test_float64_run_is_explicit():
     params, _, _ = solver.update(state, np.zeros((8, 64)), np.zeros(8, int))
     assert np.asarray(params["W1"]).dtype == np.float64
     assert not jax.config.jax_enable_x64  # nothing global was left switched on
+
+
+def test_sign_network_trains_by_dr(digits, capsys):
+    """Sign activations are non-differentiable everywhere; DR still trains them."""
+    code = main(["train", "examples/digits_sign.fc", "--dataset", "digits", "--batch-size", "64",
+                 "--updates", "30", "--seed", "0", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    print(f"sign network: test accuracy {report['test_accuracy']:.3f}")
+    assert report["test_accuracy"] >= 0.50
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu(x @ W1 + b1, slope = 0.1)", "clip(x @ W1 + b1)",
+                                        "quantize(x @ W1 + b1, levels = 4, scale = 1.0)", "max(x @ W1, x @ W3)",
+                                        "square(x @ W1) + b1"])
+def test_other_activations_compile_and_learn(tmp_path, digits, activation):
+    src = f"""input x : f32[64]
+param W1 : f32[64, 32] = he_normal
+param b1 : f32[32] = zeros
+param W2 : f32[32, 10] = he_normal
+param W3 : f32[64, 32] = he_normal
+h = {activation}
+output logits = h @ W2
+loss cross_entropy(logits)
+"""
+    path = tmp_path / "m.fc"
+    path.write_text(src)
+    solver = feascomp.compile(str(path), batch_size=64, steps=20)
+    state = solver.init(solver.init_params(0))
+    order = data.batches(1400, 64, np.random.default_rng(0))
+    for _ in range(10):
+        idx = next(order)
+        params, state, info = solver.update(state, digits.x_train[idx], digits.y_train[idx])
+    assert np.all(np.isfinite(np.asarray(info["residual"])))
+    assert solver.accuracy(params, digits.x_test, digits.y_test) > 0.3  # well above chance (0.1)
+
+
+def test_weighted_projection_is_selectable(digits):
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    out = {}
+    for weighted in (False, True):
+        solver = feascomp.compile("examples/digits_mlp.fc", batch_size=16, steps=5, weighted=weighted)
+        params, _, _ = solver.update(solver.init(solver.init_params(0)), x, y)
+        out[weighted] = np.asarray(params["W1"])
+    assert not np.allclose(out[False], out[True])  # sum_relu's out-degree is 10, not 1

@@ -52,7 +52,7 @@ class Program:
             out = plan.out_edges(f.name)
             info = _FamilyInfo(f, ins, out, self._degree(f, out))
             if f.is_function:
-                info.prim = get(f.kind)
+                info.prim = get(f.kind, **{k: v for k, v in f.attrs if k != "colour"})
             elif f.kind == "target":
                 opts = {k: v for k, v in f.attrs if k not in ("kind", "colour")}
                 opts.update(loss_options or {})
@@ -141,10 +141,9 @@ class Program:
             if f.kind == "const":
                 self._write_out(xp, info, data[name], new)
             elif f.kind == "param":
-                mean = self._mean_out(xp, info, z)
-                if not isinstance(info.degree, float):  # producers without out-edges keep nothing
-                    mean = xp.where(xp.asarray(info.degree > 0), mean, 0)
-                self._write_out(xp, info, mean, new)
+                if not info.out:
+                    continue
+                self._write_out(xp, info, self._mean_out(xp, info, z), new)
             elif f.kind == "target":
                 (_, n, es), = info.in_ports
                 logits = self._gather(xp, es, n, lambda e: z[e.key])
@@ -177,9 +176,19 @@ class Program:
             new[e.key] = x[..., e.start : e.stop]
 
     # readout -----------------------------------------------------------------------------
-    def param_means(self, xp, z: dict) -> dict:
-        """Each parameter as the mean of its outgoing edges."""
-        return {p: self._mean_out(xp, self.info[p], z) for p in self.params}
+    def param_means(self, xp, z: dict, previous: dict) -> dict:
+        """Each parameter as the mean of its outgoing edges; a parameter (or an entry of
+        one) with no outgoing edge keeps its previous value."""
+        out = {}
+        for p in self.params:
+            info = self.info[p]
+            if not info.out:
+                out[p] = previous[p]
+            elif isinstance(info.degree, float):
+                out[p] = self._mean_out(xp, info, z)
+            else:
+                out[p] = xp.where(xp.asarray(info.degree > 0), self._mean_out(xp, info, z), previous[p])
+        return out
 
     def residual(self, xp, a: dict, b: dict):
         """Euclidean distance between two states."""

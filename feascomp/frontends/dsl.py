@@ -102,6 +102,12 @@ def _pretty(term: str) -> str:
     return names.get(term, term.lower())
 
 
+def _literal(tok):
+    if tok.type == "ESCAPED_STRING":
+        return json.loads(tok)
+    return float(tok) if any(c in tok for c in ".eE") else int(tok)
+
+
 class _Lower:
     def __init__(self, text: str, file: str):
         self.text, self.file = text, file
@@ -200,7 +206,7 @@ class _Lower:
         for kw in kwargs:
             key, val = kw.children
             opt = OPTION_ALIASES.get(str(key), str(key))
-            v = json.loads(val) if val.type == "ESCAPED_STRING" else (float(val) if any(c in val for c in ".eE") else int(val))
+            v = _literal(val)
             attrs.append((opt, float(v) if isinstance(v, int) and opt == "lam" else v))
         try:
             prim = get(str(kind), **dict(attrs[1:]))
@@ -219,11 +225,11 @@ class _Lower:
         return name
 
     def _emit(self, opname, operands, node, result=None, attrs=()) -> str:
-        from ..ir.tensor import OPS
+        from ..ir.tensor import opdef
 
         ts = [self.types[v] for v in operands]
         op = Op(opname, None, tuple(operands), tuple(attrs), None, self.loc(node))
-        t = OPS[opname].rule(op, ts)
+        t = opdef(opname).rule(op, ts)
         if isinstance(t, str):
             raise self.err(t, node)
         if result is None:
@@ -249,13 +255,24 @@ class _Lower:
             b = self.expr(node.children[1])
             return self._emit(node.data, [a, b], node, result)
         if node.data == "call":
+            from ..ir.tensor import primitive_op
+            from ..primitives import names
+
             fn, *args = node.children
             args = [a for a in args if a is not None]
-            if str(fn) not in FUNCTIONS:
-                raise self.err(f"unknown function {str(fn)!r}; available: {', '.join(sorted(FUNCTIONS))}", fn)
-            if any(isinstance(a, lark.Tree) and a.data == "kwarg" for a in args) or len(args) != 1:
-                raise self.err(f"{fn} takes exactly one argument", fn)
-            return self._emit(FUNCTIONS[str(fn)], [self.expr(args[0])], node, result)
+            name = str(fn)
+            positional = [a for a in args if not (isinstance(a, lark.Tree) and a.data == "kwarg")]
+            kwargs = [a for a in args if isinstance(a, lark.Tree) and a.data == "kwarg"]
+            if name in FUNCTIONS:
+                if kwargs or len(positional) != 1:
+                    raise self.err(f"{fn} takes exactly one argument", fn)
+                return self._emit(FUNCTIONS[name], [self.expr(positional[0])], node, result)
+            if primitive_op(name) is None:
+                available = sorted(set(FUNCTIONS) | set(names("function")))
+                raise self.err(f"unknown function {name!r}; available: {', '.join(available)}", fn)
+            operands = [self.expr(a) for a in positional]
+            attrs = tuple((OPTION_ALIASES.get(str(k.children[0]), str(k.children[0])), _literal(k.children[1])) for k in kwargs)
+            return self._emit(name, operands, node, result, attrs)
         if node.data == "kwarg":
             raise self.err("a keyword argument is only allowed in a call", node)
         raise self.err(f"unsupported expression {node.data}", node)

@@ -125,12 +125,66 @@ def evaluate(xp, module: "TensorModule", params: dict, inputs: dict):
     env = dict(params)
     env.update(inputs)
     for op in module.ops:
-        d = OPS[op.opname]
+        d = opdef(op.opname)
         if d.evaluate is not None:
             env[op.result] = d.evaluate(xp, op, *(env[v] for v in op.operands))
     return env[module.output]
 
 INITIALIZERS = ("zeros", "normal", "he_normal")
+
+
+def primitive_op(opname: str):
+    """A tensor op named after a registered function primitive applies it elementwise
+    (operands broadcast together; a vector-port primitive takes one slot per operand,
+    e.g. ``max(%a, %b)``). Its attributes are the primitive's options."""
+    from ..primitives import get, names
+
+    if opname in OPS or opname not in names("function"):
+        return None
+    return get(opname)
+
+
+def _apply_rule(prim):
+    def rule(op, ts):
+        vector = len(prim.ports) == 1 and prim.ports[0].vector
+        if not vector and len(ts) != len(prim.ports):
+            return f"{op.opname} takes {len(prim.ports)} operand(s), got {len(ts)}"
+        if not ts:
+            return f"{op.opname} needs at least one operand"
+        shape = ts[0].shape
+        for t in ts[1:]:
+            shape = _broadcast(shape, t.shape)
+            if shape is None:
+                return f"{op.opname} operand shapes do not broadcast: {', '.join(map(str, ts))}"
+        try:
+            bound = prim.with_options(**dict(op.attrs))
+        except ValueError as e:
+            return str(e)
+        err = bound.check({p.name: (len(ts) if p.vector else None) for p in prim.ports})
+        return err or ts[0].with_shape(shape)
+
+    return rule
+
+
+def _apply_eval(prim):
+    def evaluate(xp, op, *args):
+        bound = prim.with_options(**dict(op.attrs))
+        if len(prim.ports) == 1 and prim.ports[0].vector:
+            shape = xp.broadcast_shapes(*(a.shape for a in args))
+            return bound.forward(xp.stack([xp.broadcast_to(a, shape) for a in args], axis=-1))
+        return bound.forward(*args)
+
+    return evaluate
+
+
+def opdef(opname: str) -> "OpDef | None":
+    """The definition of a tensor op: a built-in, or a registered primitive applied elementwise."""
+    if opname in OPS:
+        return OPS[opname]
+    prim = primitive_op(opname)
+    if prim is None:
+        return None
+    return OpDef(None, _apply_rule(prim), evaluate=_apply_eval(prim))
 
 
 def verify(module: TensorModule) -> None:
@@ -140,7 +194,7 @@ def verify(module: TensorModule) -> None:
     defined: dict[str, TensorType] = {}
     for op in module.ops:
         where = op.loc
-        d = OPS.get(op.opname)
+        d = opdef(op.opname)
         if d is None:
             raise FeascompError(f"unknown tensor op {op.opname!r}", where)
         if d.arity is not None and len(op.operands) != d.arity:

@@ -1,4 +1,5 @@
-"""fuse-sum-relu: a sum family feeding only a one-input sum_relu becomes one sum_relu.
+"""fuse-sum-relu: a sum family feeding only a one-input function of a sum (sum_relu, and
+any primitive declaring ``fuses_sum``: leaky_relu, clip, sum) becomes one family of it.
 
     %1 = sum(x: 2) : f32[256, 128]                %h = sum_relu(x: 2) : f32[256, 128]
     %h = sum_relu(x: 1) : f32[256, 128]   ==>     edge %0 -> %h.x[0:1] ...
@@ -35,8 +36,10 @@ class FuseSumReluPass:
             m = self._fuse(m, *match)
 
     def _find(self, m: FeasModule):
+        from ..primitives import get, names
+
         for relu in m.families:
-            if relu.kind != "sum_relu" or relu.ports != (("x", 1),):
+            if relu.kind not in names("function") or not get(relu.kind).fuses_sum or relu.ports != (("x", 1),):
                 continue
             (e,) = m.in_edges(relu.name)
             src = m.family(e.src)

@@ -47,8 +47,16 @@ class _Scalarize:
         self.types = m.types()
 
     def run(self) -> FeasModule:
+        from ..ir.tensor import primitive_op
+
         for op in self.m.ops:
-            getattr(self, "op_" + op.opname)(op)
+            method = getattr(self, "op_" + op.opname, None)
+            if method is not None:
+                method(op)
+            elif primitive_op(op.opname) is not None:
+                self.op_primitive(op, primitive_op(op.opname))
+            else:
+                raise FeascompError(f"scalarize does not know tensor op {op.opname!r}", op.loc)
         return FeasModule(self.m.name, tuple(self.fams.values()), tuple(self.edges), (("batch", self.B),))
 
     def family(self, op: Op, kind: str, ports=(), attrs=(), name=None) -> Family:
@@ -101,6 +109,18 @@ class _Scalarize:
     def op_relu(self, op):
         f = self.family(op, "sum_relu", ports=(("x", 1),))
         self.connect(op.operands[0], f, "x", 0, 1, self._aligned(op.operands[0], op), op)
+
+    def op_primitive(self, op, prim):
+        """A registered primitive applied elementwise: one family of that primitive; a
+        vector port takes one slot per operand, scalar ports one operand each."""
+        if len(prim.ports) == 1 and prim.ports[0].vector:
+            f = self.family(op, prim.name, ports=((prim.ports[0].name, len(op.operands)),), attrs=op.attrs)
+            for i, v in enumerate(op.operands):
+                self.connect(v, f, prim.ports[0].name, i, i + 1, self._aligned(v, op), op)
+            return
+        f = self.family(op, prim.name, ports=tuple((p.name, 0) for p in prim.ports), attrs=op.attrs)
+        for port, v in zip(prim.ports, op.operands):
+            self.connect(v, f, port.name, 0, 1, self._aligned(v, op), op)
 
     def _aligned(self, v: str, op: Op) -> list[int]:
         """Right-aligned (NumPy) broadcasting of operand v into op's per-sample shape."""

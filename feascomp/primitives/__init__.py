@@ -22,6 +22,11 @@ def register(prim: Primitive | LossPrimitive, *, replace: bool = False):
     return prim
 
 
+def unregister(name: str) -> None:
+    """Remove a primitive (for tests and interactive sessions)."""
+    _REGISTRY.pop(name, None)
+
+
 def get(name: str, **options) -> Primitive | LossPrimitive:
     """The primitive ``name`` with ``options`` bound (e.g. ``get("cross_entropy", lam=5.0)``)."""
     try:
@@ -35,6 +40,6 @@ def names(kind: str | None = None) -> list[str]:
     return sorted(n for n, p in _REGISTRY.items() if kind is None or p.kind == kind)
 
 
-from . import affine, dot, losses, relu  # noqa: E402,F401  (registration side effects)
+from . import affine, dot, losses, maxmin, piecewise, pointwise  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["LossPrimitive", "Port", "Primitive", "get", "names", "namespace", "register"]
+__all__ = ["LossPrimitive", "Port", "Primitive", "get", "names", "namespace", "register", "unregister"]

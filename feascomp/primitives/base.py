@@ -74,6 +74,7 @@ class Primitive:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     doc: str = ""
     kind: str = "function"
+    fuses_sum: bool = False  # f(x) = g(1'x): fuse-sum-relu may merge a feeding sum into it
 
     def with_options(self, **options) -> "Primitive":
         unknown = set(options) - set(self.defaults)

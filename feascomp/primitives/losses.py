@@ -1,5 +1,8 @@
 """Target (loss) primitives: the operators applied at the network's output.
 
+Each loss has ``forward(logits, target)`` (per-sample loss) and ``prox(logits, target)``.
+``target`` is one-hot for classification losses and real values for ``mse``.
+
 cross_entropy (Theorem 11). prox_{λ CE(·, y)}(x0) = argmin_x λ (lse(x) - <y, x>) + ½|x - x0|²,
 characterised by x = x0 + λ (y - softmax(x)). The objective is strictly convex with Hessian
 H = I + λ (diag(s) - s s'), s = softmax(x); H is diagonal minus rank one, so the Newton
@@ -70,11 +73,14 @@ def prox_cross_entropy(xp, opts, x0, y):
         def ls_body(ls):
             k, t, ok = ls
             t = xp.where(ok, t, 0.5 * t)
-            ok = objective(x + t[..., None] * step) <= f0 + 1e-4 * t * slope + 4 * eps(dtype) * xp.abs(f0)
+            ok = objective(x + t[..., None] * step) <= f0 + 1e-4 * t * slope
             return k + 1, t, ok
 
         t0 = xp.ones_like(f0)
-        ok0 = objective(x + step) <= f0 + 1e-4 * slope + 4 * eps(dtype) * xp.abs(f0)
+        # Near the optimum (Newton decrement -slope tiny; the step is then well inside the
+        # region of quadratic convergence since I <= H <= (1 + lam/2) I) the objective's
+        # decrease is below its rounding, so the full step is taken without a test.
+        ok0 = (objective(x + step) <= f0 + 1e-4 * slope) | (-slope <= 1e-4)
         _, t, _ = while_loop(xp, ls_cond, ls_body, (0, t0, ok0))
         x_new = xp.where(active[..., None], x + t[..., None] * step, x)
         _, g_new = gradient(x_new)
@@ -92,5 +98,32 @@ cross_entropy = register(
         prox_rule=prox_cross_entropy,
         defaults={"lam": 5.0, "method": "newton", "iterations": 10},
         doc="prox of λ·CE(logits, y); Theorem 11",
+    )
+)
+
+
+def _margin_project(xp, opts, x0, y):
+    m = opts["margin"]
+    return xp.where(y > 0, xp.maximum(x0, m), xp.minimum(x0, 0))
+
+
+margin = register(
+    LossPrimitive(
+        name="margin",
+        forward_rule=lambda xp, opts, x, y: 0.5 * xp.sum((x - _margin_project(xp, opts, x, y)) ** 2, axis=-1),
+        prox_rule=_margin_project,
+        defaults={"margin": 1.0},
+        doc="projection onto {x_c >= margin for the true class, x_c <= 0 otherwise}; Theorem 10. "
+        "forward: half the squared distance to that set",
+    )
+)
+
+mse = register(
+    LossPrimitive(
+        name="mse",
+        forward_rule=lambda xp, opts, x, t: 0.5 * xp.sum((x - t) ** 2, axis=-1),
+        prox_rule=lambda xp, opts, x0, t: (x0 + opts["lam"] * t) / (1 + opts["lam"]),
+        defaults={"lam": 1.0},
+        doc="prox of lam * 0.5 |x - t|^2: (x0 + lam t) / (1 + lam); regression targets t",
     )
 )
