@@ -49,7 +49,8 @@ def solve_lambda(xp, A2, B2, z0, w):
         tb = B2 / op**2
         f = 0.5 * (ta - tb) + lam * winv - z0
         df = ta / om + tb / op + winv
-        return f, df
+        noise = 4 * eps(dtype) * (0.5 * (ta + tb) + xp.abs(lam * winv) + xp.abs(z0))  # rounding in f
+        return f, df, noise
 
     def cond(st):
         it, lam, lo, hi, active = st
@@ -57,21 +58,24 @@ def solve_lambda(xp, A2, B2, z0, w):
 
     def body(st):
         it, lam, lo, hi, active = st
-        f, df = f_df(lam)
+        f, df, noise = f_df(lam)
         lo = xp.where(f < 0, lam, lo)
         hi = xp.where(f > 0, lam, hi)
         newton = lam - f / df
         inside = xp.logical_and(newton > lo, newton < hi)
         nxt = xp.where(inside, newton, 0.5 * (lo + hi))
         nxt = xp.where(f == 0, lam, nxt)
-        done = xp.logical_or(xp.abs(nxt - lam) <= tol * xp.maximum(1, xp.abs(lam)), hi - lo <= tol)
+        # converged: the step is below rounding, the bracket has closed, or f is zero to
+        # within its own rounding error (further Newton steps would only chase noise)
+        done = (xp.abs(nxt - lam) <= tol * xp.maximum(1, xp.abs(lam))) | (hi - lo <= tol) | (xp.abs(f) <= noise)
+        nxt = xp.where(xp.abs(f) <= noise, lam, nxt)
         active = xp.logical_and(active, xp.logical_not(done))
         lam = xp.where(active | done, nxt, lam)
         return it + 1, lam, lo, hi, active
 
     zeros = xp.zeros_like(A2)
     # A cheap start: the root of the linearisation of f at 0 (f(0) = (A²-B²)/2 - z0).
-    f0, df0 = f_df(zeros)
+    f0, df0, _ = f_df(zeros)
     lam0 = xp.clip(-f0 / df0, -0.5, 0.5)
     st = (0, lam0, zeros - 1, zeros + 1, xp.ones(A2.shape, dtype=bool))
     _, lam, _, _, _ = while_loop(xp, cond, body, st)

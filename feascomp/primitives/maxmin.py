@@ -7,7 +7,7 @@ computed from running sums. The projection is the valid candidate of least dista
 (m = 1 with xs_2 <= y_1, or some larger m, is always valid). Graph(max) is *not* convex
 (the paper's proof says it is): at x0 = (0, 0), y0 = 1 both (1/2, 0, 1/2) and
 (0, 1/2, 1/2) are nearest. The reference implementation builds an n x n candidate matrix
-per node; this uses a sort and cumulative sums.
+per node; this uses one sort of the values and cumulative sums.
 
 min(x) = -max(-x).
 """
@@ -22,8 +22,7 @@ from .base import Port, Primitive
 def project_max(xp, opts, inputs, y0, w):
     (x0,) = inputs
     n = x0.shape[-1]
-    order = xp.argsort(-x0, axis=-1)
-    xs = xp.take_along_axis(x0, order, axis=-1)
+    xs = -xp.sort(-x0, axis=-1)  # descending values; no permutation is needed
     cs = xp.cumsum(xs, axis=-1)
     cq = xp.cumsum(xs * xs, axis=-1)
     m = xp.arange(1, n + 1, dtype=x0.dtype)
@@ -34,8 +33,15 @@ def project_max(xp, opts, inputs, y0, w):
     dist = xp.where(nxt <= ym, dist, math.inf)
     k = xp.argmin(dist, axis=-1)
     y = xp.take_along_axis(ym, k[..., None], axis=-1)[..., 0]
-    rank = xp.argsort(order, axis=-1)  # position of each entry in descending order
-    x = xp.where(rank <= k[..., None], y[..., None], x0)
+    # The active set is the k + 1 largest entries. Entries above the cut value t are in;
+    # of the entries equal to t, the first (k + 1 - #above) by index are in (ties at the
+    # cut make the projection non-unique; any such choice is nearest).
+    t = xp.take_along_axis(xs, k[..., None], axis=-1)
+    above = x0 > t
+    tied = x0 == t
+    need = (k + 1 - xp.sum(above, axis=-1))[..., None]
+    member = above | (tied & (xp.cumsum(tied, axis=-1) <= need))
+    x = xp.where(member, y[..., None], x0)
     return (x,), y
 
 
