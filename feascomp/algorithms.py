@@ -1,14 +1,20 @@
 """Projection algorithms, written once over ``project(c, z)`` and pytree arithmetic.
 
-Colour 0 holds the target and is projected first (as in the paper's code).
+``project(c, z)`` projects onto class c of the plan. AP, DR and DM use the two colours
+(class 0 holds the target and is projected first, as in the paper's code); CP uses the
+ordered classes (backward-BFS layers from the target), ``classes`` of them.
 
 - AP: z <- P1(P0(z))
 - DR: z <- (1 - r) z + r R1(R0(z)), R = 2P - I; i.e. z + 2r (P1(2 P0 z - z) - P0 z).
-  The iterate is not itself feasible: results are read from the shadow P0(z).
+  Results are read from the shadow P0(z).
+- CP: z <- P_{L-1}(... P1(P0(z)))
+- DM (Elser): z <- z + β [P0(f1(z)) - P1(f0(z))], f0 = P0 - (P0 - I)/β,
+  f1 = P1 + (P1 - I)/β. Results are read from the shadow P0(f1(z)). With β = 1,
+  f0 = I, so a step costs two projections instead of four.
 
-Each ``step`` returns the new iterate and a residual: the distance the second colour's
-projection moved the state (AP: |P1(P0 z) - P0 z|; DR: |P1(R0 z) - P0 z|, the
-fixed-point residual). Both vanish exactly at a feasible point.
+Each ``step`` returns the new iterate and a residual that vanishes exactly at a feasible
+point: AP, CP: how far the projections after the first moved the state; DR: |P1(R0 z) - P0 z|
+(the fixed-point residual); DM: |P0(f1 z) - P1(f0 z)|.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ def _norm(xp, a, b):
 @dataclasses.dataclass(frozen=True)
 class AlternatingProjections:
     name = "ap"
+    uses_layers = False
 
     def step(self, xp, project: Callable, z):
         p0 = project(0, z)
@@ -41,6 +48,7 @@ class AlternatingProjections:
 @dataclasses.dataclass(frozen=True)
 class DouglasRachford:
     name = "dr"
+    uses_layers = False
     relaxation: float = 0.5
 
     def step(self, xp, project: Callable, z):
@@ -54,7 +62,51 @@ class DouglasRachford:
         return project(0, z)
 
 
-ALGORITHMS = {"ap": AlternatingProjections, "dr": DouglasRachford}
+@dataclasses.dataclass(frozen=True)
+class CyclicProjections:
+    name = "cp"
+    classes: int = 2
+    uses_layers = True
+
+    def step(self, xp, project: Callable, z):
+        first = project(0, z)
+        cur = first
+        for c in range(1, self.classes):
+            cur = project(c, cur)
+        return cur, _norm(xp, cur, first)
+
+    def shadow(self, project, z):
+        return z
+
+
+@dataclasses.dataclass(frozen=True)
+class DifferenceMap:
+    name = "dm"
+    uses_layers = False
+    beta: float = 1.0
+
+    def _parts(self, project, z):
+        b = self.beta
+        p1 = project(1, z)
+        f1 = tree_map(lambda p, x: p + (p - x) / b, p1, z)
+        pa = project(0, f1)
+        if b == 1.0:
+            pb = p1  # f0 = I
+        else:
+            p0 = project(0, z)
+            pb = project(1, tree_map(lambda p, x: p - (p - x) / b, p0, z))
+        return pa, pb
+
+    def step(self, xp, project: Callable, z):
+        pa, pb = self._parts(project, z)
+        new = tree_map(lambda x, a, c: x + self.beta * (a - c), z, pa, pb)
+        return new, _norm(xp, pa, pb)
+
+    def shadow(self, project, z):
+        return self._parts(project, z)[0]
+
+
+ALGORITHMS = {"ap": AlternatingProjections, "dr": DouglasRachford, "cp": CyclicProjections, "dm": DifferenceMap}
 
 
 def get_algorithm(name: str, **options):
@@ -64,4 +116,7 @@ def get_algorithm(name: str, **options):
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}") from None
     if name == "dr" and not 0 < options.get("relaxation", 0.5) <= 1:
         raise ValueError("DR relaxation must lie in (0, 1]")
-    return cls(**options)
+    if name == "dm" and not options.get("beta", 1.0) != 0:
+        raise ValueError("DM beta must not be 0")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in fields})

@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model file by iterated projections")
     t.add_argument("model", help="a .fc model file")
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
-    t.add_argument("--algorithm", choices=["dr", "ap"], default="dr")
+    t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm"], default="dr")
+    t.add_argument("--relaxation", type=float, default=0.5, help="DR relaxation r in (0, 1] (default 0.5, classic DR)")
+    t.add_argument("--beta", type=float, default=1.0, help="Difference Map beta (default 1)")
+    t.add_argument("--backend", default="jax", help="jax (default), numpy (the scalar-graph oracle; small models only) or an installed plug-in")
     t.add_argument("--steps-per-batch", type=_positive, default=50, metavar="K", help="projection steps per batch (default 50)")
     t.add_argument("--batch-size", type=_positive, default=256)
     t.add_argument("--updates", type=_positive, default=50, metavar="N", help="batches to train on (default 50)")
@@ -62,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
     e.add_argument("--json", action="store_true")
 
+    sub.add_parser("backends", help="list the installed backends")
+
     d = sub.add_parser("dump", help="print the IR of a compilation stage")
     d.add_argument("model")
     d.add_argument("--stage", choices=STAGES, default="plan")
@@ -72,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "dump": _dump}[args.command](args)
+        return {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends}[args.command](args)
     except FeascompError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER_ERROR
@@ -91,7 +96,7 @@ def _train(args) -> int:
 
     solver = compile(
         args.model, batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
-        dtype=args.dtype, weighted=args.weighted,
+        dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta, backend=args.backend,
     )
     ds = data.load(args.dataset)
     _check_input(solver.input_shape, ds, args.model)
@@ -140,6 +145,14 @@ def _eval(args) -> int:
         print(json.dumps({"dataset": ds.name, "test_accuracy": acc, "samples": int(len(ds.y_test))}))
     else:
         print(f"test accuracy on {ds.name}: {acc:.4f} ({int(np.round(acc * len(ds.y_test)))}/{len(ds.y_test)})")
+    return 0
+
+
+def _backends(args) -> int:
+    from .backends import available
+
+    for name, spec in sorted(available().items()):
+        print(f"{name:10s} {spec}")
     return 0
 
 

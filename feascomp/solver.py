@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -57,17 +56,22 @@ def compile(  # noqa: A001  (the public name users expect)
     dtype: str = "float32",
     weighted: bool = False,
     relaxation: float = 0.5,
+    beta: float = 1.0,
     loss_options: dict | None = None,
     pipeline: str = DEFAULT_PIPELINE,
+    backend: str = "jax",
 ) -> "Solver":
+    """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
+    (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
+    projections (Theorem 3) instead of weight 1; ``backend``: jax or numpy (the scalar-graph
+    oracle, small models only) or an installed plug-in."""
     tensor = load_model(model)
     if dtype not in DTYPES:
         raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if steps < 1:
         raise FeascompError("steps per batch must be at least 1")
-    alg_opts = {"relaxation": relaxation} if algorithm == "dr" else {}
     try:
-        alg = get_algorithm(algorithm, **alg_opts)
+        alg = get_algorithm(algorithm, relaxation=relaxation, beta=beta)
     except ValueError as e:
         raise FeascompError(str(e)) from None
     timings: dict[str, float] = {}
@@ -79,31 +83,41 @@ def compile(  # noqa: A001  (the public name users expect)
     plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
-    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings)
-    solver.stages = stages
+    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend)
     return solver
 
 
 class Solver:
-    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings):
+    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax"):
+        from . import backends
         from .backends.materialized import Program
 
         self.tensor: TensorModule = tensor
         self.plan: FeasModule = plan
-        self.algorithm = algorithm
+        self.stages = stages
         self.steps = steps
         self.dtype = dtype
+        self.np_dtype = np.dtype(DTYPES[dtype])
         self.weighted = weighted
+        self.loss_options = loss_options
         self.pass_seconds = timings
-        self.program = Program(plan, weighted=weighted, loss_options=loss_options)
+        schedule = "layers" if algorithm.uses_layers else "colours"
+        self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule)
+        if algorithm.uses_layers:
+            algorithm = dataclasses.replace(algorithm, classes=len(self.program.classes))
+        self.algorithm = algorithm
         if len(self.program.consts) != 1:
             raise FeascompError(f"a model needs exactly one input, found {len(self.program.consts)}")
         self.batch_size = int(plan.attr("batch"))
         self.input_name = self.program.consts[0]
         self.input_shape = plan.family(self.input_name).type.shape[1:]
         self.num_classes = plan.family(self.program.target).port_length("logits")
-        self._update = None
+        self.backend = backends.load(backend)(self)
         self._apply = None
+
+    def precision(self):
+        """The JAX precision context of this solver's runs (64-bit mode only for float64)."""
+        return _x64(self.dtype)
 
     # parameters --------------------------------------------------------------------------
     def init_params(self, seed: int = 0) -> dict:
@@ -137,28 +151,7 @@ class Solver:
             if tuple(np.shape(params[k])) != shape:
                 raise FeascompError(f"parameter {k} has shape {np.shape(params[k])}, the model declares {list(shape)}")
 
-    # the jitted update ---------------------------------------------------------------------
-    def _update_fn(self):
-        import jax
-        import jax.numpy as jnp
-
-        prog, alg, K = self.program, self.algorithm, self.steps
-
-        def update(params, x, onehot):
-            data = {self.input_name: x, "__labels__": onehot}
-            z = prog.init_edges(jnp, prog.forward_values(jnp, params, data))
-
-            def project(c, z):
-                return prog.project(jnp, c, z, data)
-
-            def body(z, _):
-                return alg.step(jnp, project, z)
-
-            z, residuals = jax.lax.scan(body, z, None, length=K)
-            return prog.param_means(jnp, alg.shadow(project, z), params), residuals
-
-        return update
-
+    # the update ---------------------------------------------------------------------------
     def _batch(self, x, y):
         dt = DTYPES[self.dtype]
         x = np.asarray(x, dt)
@@ -175,27 +168,14 @@ class Solver:
         return x, onehot
 
     def compile_update(self, params=None) -> float:
-        """Trace and compile the update ahead of time; returns the seconds it took."""
-        import jax
-
-        if self._update is not None:
-            return 0.0
-        params = params if params is not None else self.init_params(0)
-        dt = DTYPES[self.dtype]
-        x = np.zeros((self.batch_size,) + self.input_shape, dt)
-        y = np.zeros((self.batch_size, self.num_classes), dt)
-        t0 = time.perf_counter()
-        with _x64(self.dtype):
-            self._update = jax.jit(self._update_fn()).lower(params, x, y).compile()
-        return time.perf_counter() - t0
+        """Do the backend's ahead-of-time work (JAX: trace and compile); returns seconds."""
+        return self.backend.compile(params if params is not None else self.init_params(0))
 
     def update(self, state: SolverState, x, y):
         """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
         Returns (params, state, info); info["residual"] holds one residual per step."""
         x, onehot = self._batch(x, y)
-        self.compile_update(state.params)
-        with _x64(self.dtype):
-            params, residuals = self._update(state.params, x, onehot)
+        params, residuals = self.backend.update(state.params, x, onehot)
         return params, SolverState(params, state.count + 1), {"residual": residuals}
 
     # inference and inspection ------------------------------------------------------------

@@ -45,6 +45,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     bar.close()
     report = {
         "algorithm": solver.algorithm.name,
+        "backend": solver.backend.name,
         "dataset": ds.name,
         "seed": seed,
         "updates": updates,

@@ -17,24 +17,7 @@ from feascomp.passes import parse_pipeline, run_pipeline
 from feascomp.passes.color import ColorPass
 from feascomp.passes.fuse_sum_relu import FuseSumReluPass
 from feascomp.passes.scalarize import ScalarizePass
-
-
-def mlp_source(widths, bias):
-    lines = ["model r", f"input x : f64[{widths[0]}]"]
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        lines.append(f"param W{i} : f64[{a}, {b}] = normal")
-        if bias[i] and i < len(widths) - 2:
-            lines.append(f"param b{i} : f64[{b}] = normal")
-    h = "x"
-    for i in range(len(widths) - 1):
-        pre = f"{h} @ W{i}" + (f" + b{i}" if bias[i] and i < len(widths) - 2 else "")
-        if i < len(widths) - 2:
-            lines.append(f"h{i} = relu({pre})")
-            h = f"h{i}"
-        else:
-            lines.append(f"output logits = {pre}")
-    lines.append("loss cross_entropy(logits)")
-    return "\n".join(lines) + "\n"
+from models import mlp_source
 
 
 mlps = st.tuples(

@@ -98,7 +98,7 @@ def test_update_is_vectorised_not_unrolled():
         p = solver.init_params(0)
         x = np.zeros((batch, 64), np.float32)
         y = np.zeros((batch, 10), np.float32)
-        jaxpr = jax.make_jaxpr(solver._update_fn())(p, x, y)
+        jaxpr = jax.make_jaxpr(solver.backend.update_fn())(p, x, y)
         sizes.append(count_equations(jaxpr.jaxpr))
     assert sizes[0] == sizes[1]
 

@@ -40,7 +40,7 @@ class _FamilyInfo:
 
 
 class Program:
-    def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None):
+    def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None, schedule: str = "colours"):
         self.plan = plan
         self.weighted = weighted
         self.info: dict[str, _FamilyInfo] = {}
@@ -60,6 +60,10 @@ class Program:
             self.info[f.name] = info
         self.colours = sorted({f.attr("colour") for f in plan.families})
         self.by_colour = {c: [f.name for f in plan.families if f.attr("colour") == c] for c in self.colours}
+        self.layers = self._layers()
+        if schedule not in ("colours", "layers"):
+            raise ValueError(f"schedule must be 'colours' or 'layers', not {schedule!r}")
+        self.classes = [self.by_colour[c] for c in self.colours] if schedule == "colours" else self.layers
         self.order = self._topological()
         self.params = [f.name for f in plan.families if f.kind == "param"]
         self.consts = [f.name for f in plan.families if f.kind == "const"]
@@ -77,6 +81,19 @@ class Program:
         if flat.size and np.all(flat == flat[0]):
             return float(flat[0])
         return deg
+
+    def _layers(self) -> list[list[str]]:
+        """Backward-BFS layers from the target (CP's order). Each layer is an independent
+        set of a bipartite graph; families not reachable from the target come last."""
+        from ..passes.color import family_graph
+        import networkx as nx
+
+        target = next(f.name for f in self.plan.families if f.kind == "target")
+        dist = nx.single_source_shortest_path_length(family_graph(self.plan), target)
+        depth = max(dist.values()) + 1
+        layers = [[f.name for f in self.plan.families if dist.get(f.name) == d] for d in range(depth)]
+        rest = [f.name for f in self.plan.families if f.name not in dist]
+        return layers + ([rest] if rest else [])
 
     def _topological(self) -> list[str]:
         import networkx as nx
@@ -132,10 +149,11 @@ class Program:
         for e in info.out:
             new[e.key] = e.map.apply(xp, value, e.type.shape)
 
-    def project(self, xp, colour: int, z: dict, data: dict) -> dict:
-        """P_colour(z): a new state in which every edge incident to the colour is projected."""
+    def project(self, xp, c: int, z: dict, data: dict) -> dict:
+        """P_c(z) for class c of the schedule (a colour, or a CP layer): a new state in
+        which every edge incident to the class's families is projected."""
         new = dict(z)
-        for name in self.by_colour[colour]:
+        for name in self.classes[c]:
             info = self.info[name]
             f = info.family
             if f.kind == "const":

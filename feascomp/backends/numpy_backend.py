@@ -1,0 +1,36 @@
+"""The NumPy backend: the scalar-graph oracle (scalar_graph.py) driven by the same
+algorithms as every other backend. For small models: it loops over scalar nodes."""
+from __future__ import annotations
+
+import numpy as np
+
+from .scalar_graph import ScalarGraph
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self, solver):
+        self.solver = solver
+        self.graph = ScalarGraph(solver.tensor, solver.batch_size, weighted=solver.weighted, loss_options=solver.loss_options)
+        self.classes = self.graph.by_layer if solver.algorithm.uses_layers else self.graph.by_colour
+
+    def compile(self, params) -> float:
+        return 0.0
+
+    def update(self, params, x, onehot):
+        s, g = self.solver, self.graph
+        dt = s.np_dtype
+        x = np.asarray(x, dt)
+        onehot = np.asarray(onehot, dt)
+        z = g.forward_edges({k: np.asarray(v, dt) for k, v in params.items()}, x, dt)
+
+        def project(c, z):
+            return g.project(self.classes[c], z, x, onehot)
+
+        residuals = []
+        for _ in range(s.steps):
+            z, r = s.algorithm.step(np, project, z)
+            residuals.append(r)
+        shadow = s.algorithm.shadow(project, z)
+        return g.param_means(shadow, {k: np.asarray(v, dt) for k, v in params.items()}), np.asarray(residuals)

@@ -1,0 +1,249 @@
+"""The NumPy oracle: the literal scalar computation graph of a small model, built from the
+tensor IR by its own code -- one node per scalar operation, one variable per edge --
+independent of ``scalarize``, the passes and the index maps. Projections loop over nodes
+in Python. It exists to catch scalarization and index-map bugs: on small models the JAX
+backend must produce the same iterates (tests/test_backends.py).
+
+Only the primitives' own projection rules are shared (they are tested separately against
+brute force). Fusion of a sum into a function of a sum, colouring (parity of the BFS
+distance from the targets) and CP's layers are recomputed here on the scalar graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+
+import numpy as np
+
+from ..errors import FeascompError
+from ..ir.tensor import TensorModule, primitive_op
+from ..primitives import get
+
+
+@dataclasses.dataclass
+class Node:
+    kind: str  # const | param | target | primitive name
+    key: tuple  # (value name, sample or None, element index)
+    prim: object = None
+    ports: dict = dataclasses.field(default_factory=dict)  # port -> list of edge ids in slot order
+    vector: dict = dataclasses.field(default_factory=dict)  # port -> is a vector port
+    out: list = dataclasses.field(default_factory=list)  # outgoing edge ids
+    colour: int = -1
+    layer: int = -1
+
+
+class ScalarGraph:
+    def __init__(self, tensor: TensorModule, batch: int, *, weighted: bool = False, loss_options: dict | None = None):
+        self.tensor, self.batch, self.weighted = tensor, batch, weighted
+        self.nodes: list[Node] = []
+        self.src: list[int] = []  # edge -> producer node
+        self.dst: list[int] = []  # edge -> consumer node
+        self.index: dict[tuple, int] = {}  # (value, sample|None, element) -> node
+        self.types = tensor.types()
+        self.params = [op.result for op in tensor.by_kind("param")]
+        self.loss_options = loss_options or {}
+        for op in tensor.ops:
+            self._lower(op)
+        self._fuse()
+        self._colour()
+
+    # construction ----------------------------------------------------------------------
+    def _node(self, kind, key, prim=None) -> int:
+        self.nodes.append(Node(kind, key, prim))
+        nid = len(self.nodes) - 1
+        self.index[key] = nid
+        return nid
+
+    def _edge(self, src: int, dst: int, port: str, vector: bool) -> None:
+        e = len(self.src)
+        self.src.append(src)
+        self.dst.append(dst)
+        self.nodes[src].out.append(e)
+        self.nodes[dst].ports.setdefault(port, []).append(e)
+        self.nodes[dst].vector[port] = vector
+
+    def _producer(self, value: str, b: int, idx: tuple) -> int:
+        key = (value, None, idx) if value in self.params else (value, b, idx)
+        return self.index[key]
+
+    @staticmethod
+    def _bcast(idx: tuple, shape: tuple) -> tuple:
+        """Index into an operand of ``shape`` broadcast (right-aligned) to idx's shape."""
+        off = len(idx) - len(shape)
+        return tuple(0 if shape[i] == 1 else idx[off + i] for i in range(len(shape)))
+
+    def _lower(self, op):
+        kind = op.opname
+        if kind == "output":
+            return
+        if kind == "param":
+            for idx in itertools.product(*map(range, op.type.shape)):
+                self._node("param", (op.result, None, idx))
+            return
+        samples = range(self.batch)
+        if kind == "input":
+            for b in samples:
+                for idx in itertools.product(*map(range, op.type.shape)):
+                    self._node("const", (op.result, b, idx))
+            return
+        if kind == "loss":
+            (v,) = op.operands
+            opts = {k: val for k, val in op.attrs if k != "kind"}
+            opts.update(self.loss_options)
+            prim = get(op.attr("kind"), **opts)
+            for b in samples:
+                t = self._node("target", ("__target__", b, ()), prim)
+                for c in range(self.types[v].shape[0]):
+                    self._edge(self._producer(v, b, (c,)), t, "logits", True)
+            return
+        ts = [self.types[v] for v in op.operands]
+        for b in samples:
+            for idx in itertools.product(*map(range, op.type.shape)):
+                if kind == "matmul":
+                    u, w = op.operands
+                    n = self._node("dot", (op.result, b, idx), get("dot"))
+                    *lead, j = idx
+                    for k in range(ts[0].shape[-1]):
+                        self._edge(self._producer(u, b, tuple(lead) + (k,)), n, "a", True)
+                    for k in range(ts[0].shape[-1]):
+                        self._edge(self._producer(w, b, (k, j)), n, "b", True)
+                    continue
+                if kind == "add":
+                    prim, ports = get("sum"), None
+                elif kind == "relu":
+                    prim, ports = get("sum_relu"), None
+                else:
+                    base = primitive_op(kind)
+                    if base is None:
+                        raise FeascompError(f"the numpy backend does not know tensor op {kind!r}", op.loc)
+                    prim = base.with_options(**dict(op.attrs)) if op.attrs else base
+                    ports = None if (len(prim.ports) == 1 and prim.ports[0].vector) else [p.name for p in prim.ports]
+                n = self._node(prim.name, (op.result, b, idx), prim)
+                for i, (v, t) in enumerate(zip(op.operands, ts)):
+                    src = self._producer(v, b, self._bcast(idx, t.shape))
+                    if ports is None:
+                        self._edge(src, n, "x", True)
+                    else:
+                        self._edge(src, n, ports[i], False)
+
+    def _fuse(self):
+        """A sum node whose only consumer is a one-input function of a sum is merged into it."""
+        dead = set()
+        for nid, node in enumerate(self.nodes):
+            if node.kind != "sum" or len(node.out) != 1:
+                continue
+            e = node.out[0]
+            r = self.nodes[self.dst[e]]
+            if r.prim is None or not getattr(r.prim, "fuses_sum", False) or r.ports.get("x") != [e]:
+                continue
+            r.ports["x"] = list(node.ports["x"])
+            for ie in node.ports["x"]:
+                self.dst[ie] = self.dst[e]
+            dead.add(nid)
+            self.dst[e] = -1
+        # renumber: drop dead nodes and the merged edges
+        keep_e = [e for e in range(len(self.src)) if self.dst[e] != -1]
+        emap = {e: i for i, e in enumerate(keep_e)}
+        keep_n = [i for i in range(len(self.nodes)) if i not in dead]
+        nmap = {n: i for i, n in enumerate(keep_n)}
+        self.src = [nmap[self.src[e]] for e in keep_e]
+        self.dst = [nmap[self.dst[e]] for e in keep_e]
+        nodes = []
+        for i in keep_n:
+            n = self.nodes[i]
+            n.ports = {p: [emap[e] for e in es] for p, es in n.ports.items()}
+            n.out = [emap[e] for e in n.out if e in emap]
+            nodes.append(n)
+        self.nodes = nodes
+        self.index = {n.key: i for i, n in enumerate(nodes)}
+        self.E = len(self.src)
+
+    def _colour(self):
+        adj = [[] for _ in self.nodes]
+        for s, d in zip(self.src, self.dst):
+            adj[s].append(d)
+            adj[d].append(s)
+        dist = [-1] * len(self.nodes)
+        queue = deque(i for i, n in enumerate(self.nodes) if n.kind == "target")
+        for i in queue:
+            dist[i] = 0
+        while queue:
+            u = queue.popleft()
+            for v in adj[u]:
+                if dist[v] < 0:
+                    dist[v] = dist[u] + 1
+                    queue.append(v)
+        for i, n in enumerate(self.nodes):
+            n.layer = dist[i] if dist[i] >= 0 else max(dist) + 1
+            n.colour = n.layer % 2
+        for s, d in zip(self.src, self.dst):
+            if self.nodes[s].colour == self.nodes[d].colour:
+                raise FeascompError("the scalar graph is not bipartite")
+        self.by_colour = [[i for i, n in enumerate(self.nodes) if n.colour == c] for c in (0, 1)]
+        depth = max(n.layer for n in self.nodes) + 1
+        self.by_layer = [[i for i, n in enumerate(self.nodes) if n.layer == d] for d in range(depth)]
+
+    # evaluation ---------------------------------------------------------------------------
+    def _inputs(self, node: Node, z):
+        return [np.array([z[es]]) if node.vector[p] else np.array([z[es[0]]]) for p, es in node.ports.items()]
+
+    def forward_edges(self, params: dict, x: np.ndarray, dtype) -> np.ndarray:
+        val = np.zeros(len(self.nodes), dtype)
+        z = np.zeros(self.E, dtype)
+        order = self._topological()
+        for i in order:
+            n = self.nodes[i]
+            name, b, idx = n.key
+            if n.kind == "const":
+                val[i] = x[(b,) + idx]
+            elif n.kind == "param":
+                val[i] = params[name][idx]
+            elif n.kind != "target":
+                val[i] = n.prim.forward(*self._inputs(n, z))[0]
+            for e in n.out:
+                z[e] = val[i]
+        return z
+
+    def _topological(self):
+        indeg = [len(set(itertools.chain(*n.ports.values()))) for n in self.nodes]
+        ready = deque(i for i, d in enumerate(indeg) if d == 0)
+        order = []
+        while ready:
+            u = ready.popleft()
+            order.append(u)
+            for e in self.nodes[u].out:
+                v = self.dst[e]
+                indeg[v] -= 1
+                if indeg[v] == 0:
+                    ready.append(v)
+        return order
+
+    def project(self, members: list[int], z: np.ndarray, x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        new = z.copy()
+        for i in members:
+            n = self.nodes[i]
+            name, b, idx = n.key
+            if n.kind == "const":
+                new[n.out] = x[(b,) + idx]
+            elif n.kind == "param":
+                if n.out:
+                    new[n.out] = z[n.out].mean()
+            elif n.kind == "target":
+                es = n.ports["logits"]
+                new[es] = n.prim.prox(z[es][None], onehot[b][None])[0]
+            elif n.out:
+                ybar = np.array([z[n.out].mean()])
+                w = float(len(n.out)) if self.weighted else 1.0
+                xs, y = n.prim.project(self._inputs(n, z), ybar, w)
+                for (p, es), v in zip(n.ports.items(), xs):
+                    new[es] = v[0]
+                new[n.out] = y[0]
+        return new
+
+    def param_means(self, z: np.ndarray, previous: dict) -> dict:
+        out = {k: np.array(v, copy=True) for k, v in previous.items()}
+        for n in self.nodes:
+            if n.kind == "param" and n.out:
+                out[n.key[0]][n.key[2]] = z[n.out].mean()
+        return out

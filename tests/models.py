@@ -1,0 +1,29 @@
+"""Random small model sources shared by the tests."""
+
+
+def mlp_source(widths, bias, readout=False, loss="cross_entropy(logits)", dtype="f64", activation="relu"):
+    """An MLP widths[0] -> ... -> widths[-1]; with ``readout`` the logits read every hidden
+    layer (logits = h0 @ R0 + h1 @ R1 + ...)."""
+    lines = ["model r", f"input x : {dtype}[{widths[0]}]"]
+    hidden = len(widths) - 2
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        if i < hidden:
+            lines.append(f"param W{i} : {dtype}[{a}, {b}] = normal")
+            if bias[i]:
+                lines.append(f"param b{i} : {dtype}[{b}] = normal")
+    if readout and hidden:
+        for i in range(hidden):
+            lines.append(f"param R{i} : {dtype}[{widths[i + 1]}, {widths[-1]}] = normal")
+    else:
+        lines.append(f"param W{hidden} : {dtype}[{widths[-2]}, {widths[-1]}] = normal")
+    h = "x"
+    for i in range(hidden):
+        pre = f"{h} @ W{i}" + (f" + b{i}" if bias[i] else "")
+        lines.append(f"h{i} = {activation}({pre})")
+        h = f"h{i}"
+    if readout and hidden:
+        lines.append("output logits = " + " + ".join(f"h{i} @ R{i}" for i in range(hidden)))
+    else:
+        lines.append(f"output logits = {h} @ W{hidden}")
+    lines.append(f"loss {loss}")
+    return "\n".join(lines) + "\n"
