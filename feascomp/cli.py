@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_nonnegative, default=10, metavar="N", help="test accuracy every N updates (0: only at the end)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
+    t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
+    t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
     t.add_argument("--json", action="store_true", help="end with one JSON line of results")
     t.add_argument("--no-progress", action="store_true")
@@ -67,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backends", help="list the installed backends")
 
+    pl = sub.add_parser("plot", help="draw residuals and accuracy from a --residuals CSV to PNG")
+    pl.add_argument("csv")
+    pl.add_argument("-o", "--output", help="PNG path (default: the CSV's name with .png)")
+
     d = sub.add_parser("dump", help="print the IR of a compilation stage")
     d.add_argument("model")
     d.add_argument("--stage", choices=STAGES, default="plan")
@@ -77,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot}
+        return commands[args.command](args)
     except FeascompError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_USER_ERROR
@@ -97,14 +104,21 @@ def _train(args) -> int:
     solver = compile(
         args.model, batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
         dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta, backend=args.backend,
+        warm_start=args.warm_start, monitor=bool(args.residuals),
     )
     ds = data.load(args.dataset)
     _check_input(solver.input_shape, ds, args.model)
+    history = [] if args.residuals else None
     params, report = train(
         solver, ds, updates=args.updates, seed=args.seed, eval_every=args.eval_every,
-        progress=not args.no_progress and not args.json,
+        progress=not args.no_progress and not args.json, history=history,
     )
     report["model"] = args.model
+    if args.residuals:
+        from .train import save_history
+
+        save_history(args.residuals, history)
+        report["residuals"] = args.residuals
     if args.save:
         save_params(args.save, params, {"model": solver.tensor.name})
         report["saved"] = args.save
@@ -145,6 +159,15 @@ def _eval(args) -> int:
         print(json.dumps({"dataset": ds.name, "test_accuracy": acc, "samples": int(len(ds.y_test))}))
     else:
         print(f"test accuracy on {ds.name}: {acc:.4f} ({int(np.round(acc * len(ds.y_test)))}/{len(ds.y_test)})")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plot import plot_history
+
+    out = args.output or (args.csv.rsplit(".", 1)[0] + ".png")
+    plot_history(args.csv, out)
+    print(out)
     return 0
 
 

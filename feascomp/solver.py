@@ -31,10 +31,12 @@ STAGES = ("tensor", "feasibility", "plan")
 
 @dataclasses.dataclass(frozen=True)
 class SolverState:
-    """What carries over between updates: the current parameters and the update count."""
+    """What carries over between updates: the current parameters, the update count and,
+    with ``warm_start``, the edge state."""
 
     params: dict
     count: int = 0
+    edges: Any = None
 
 
 def load_model(model) -> TensorModule:
@@ -60,11 +62,15 @@ def compile(  # noqa: A001  (the public name users expect)
     loss_options: dict | None = None,
     pipeline: str = DEFAULT_PIPELINE,
     backend: str = "jax",
+    warm_start: bool = False,
+    monitor: bool = False,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
     projections (Theorem 3) instead of weight 1; ``backend``: jax or numpy (the scalar-graph
-    oracle, small models only) or an installed plug-in."""
+    oracle, small models only) or an installed plug-in; ``warm_start``: carry the edge state
+    across batches instead of re-initialising it by a forward pass (Algorithm 1);
+    ``monitor``: also report each family's distance to its constraint at every step."""
     tensor = load_model(model)
     if dtype not in DTYPES:
         raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -83,12 +89,13 @@ def compile(  # noqa: A001  (the public name users expect)
     plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
-    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend)
-    return solver
+    return Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
+                  warm_start=warm_start, monitor=monitor)
 
 
 class Solver:
-    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax"):
+    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
+                 *, warm_start=False, monitor=False):
         from . import backends
         from .backends.materialized import Program
 
@@ -101,6 +108,8 @@ class Solver:
         self.weighted = weighted
         self.loss_options = loss_options
         self.pass_seconds = timings
+        self.warm_start = warm_start
+        self.monitor = monitor
         schedule = "layers" if algorithm.uses_layers else "colours"
         self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule)
         if algorithm.uses_layers:
@@ -175,8 +184,12 @@ class Solver:
         """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
         Returns (params, state, info); info["residual"] holds one residual per step."""
         x, onehot = self._batch(x, y)
-        params, residuals = self.backend.update(state.params, x, onehot)
-        return params, SolverState(params, state.count + 1), {"residual": residuals}
+        params, residuals, edges = self.backend.update(state.params, x, onehot, state.edges if self.warm_start else None)
+        info = {"residual": residuals["step"]}
+        if "family" in residuals:
+            info["family_residual"] = residuals["family"]
+            info["families"] = [f.name for f in self.plan.families]
+        return params, SolverState(params, state.count + 1, edges if self.warm_start else None), info
 
     # inference and inspection ------------------------------------------------------------
     def apply(self, params: dict, x) -> Any:

@@ -17,8 +17,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int = 10, progress: bool = True) -> tuple[dict, dict]:
-    """Train from the model's initialisers; returns (params, report)."""
+def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int = 10, progress: bool = True,
+          history: list | None = None) -> tuple[dict, dict]:
+    """Train from the model's initialisers; returns (params, report). If ``history`` is a
+    list, one dict per projection step is appended (update, step, residual, family
+    distances when the solver monitors, test accuracy at evaluation points)."""
     import jax
 
     if updates < 1:
@@ -39,8 +42,18 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         residual = float(info["residual"][-1])
         if not np.isfinite(residual):
             raise FeascompError(f"the iteration diverged at update {u} (residual {residual})")
-        if eval_every and (u % eval_every == 0 or u == updates):
+        evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates)
+        if evaluated:
             test_acc = solver.accuracy(params, ds.x_test, ds.y_test)
+        if history is not None:
+            steps = np.asarray(info["residual"])
+            fam = np.asarray(info["family_residual"]) if "family_residual" in info else None
+            for k in range(len(steps)):
+                row = {"update": u, "step": (u - 1) * solver.steps + k + 1, "residual": float(steps[k])}
+                if fam is not None:
+                    row.update({f"dist:{n}": float(v) for n, v in zip(info["families"], fam[k])})
+                row["test_accuracy"] = test_acc if (evaluated and k == len(steps) - 1) else ""
+                history.append(row)
         bar.update(u, residual, test_acc)
     bar.close()
     report = {
@@ -88,19 +101,16 @@ class _progress:
             self.bar.close()
 
 
-def save_params(path: str, params: dict, meta: dict | None = None) -> None:
-    """Write parameters as .npz atomically: a temporary file in the same folder, fsynced,
-    then renamed over the target, so a failure never leaves a partial file."""
+def atomic_write(path: str, write) -> None:
+    """Call write(binary file) on a temporary file in path's folder, fsync it, then rename it
+    over path: a failure never leaves a partial file."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(folder):
-        raise FeascompError(f"cannot save to {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".feascomp-", suffix=".npz", dir=folder)
+        raise FeascompError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".feascomp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()}
-            for k, v in (meta or {}).items():
-                arrays[f"meta:{k}"] = np.asarray(v)
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -108,6 +118,27 @@ def save_params(path: str, params: dict, meta: dict | None = None) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_params(path: str, params: dict, meta: dict | None = None) -> None:
+    """Write parameters as .npz, atomically."""
+    arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()}
+    for k, v in (meta or {}).items():
+        arrays[f"meta:{k}"] = np.asarray(v)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def save_history(path: str, rows: list[dict]) -> None:
+    """The per-step residual log as CSV, atomically."""
+    import csv
+    import io
+
+    columns = list(rows[0]) if rows else ["update", "step", "residual", "test_accuracy"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
 
 
 def load_params(path: str) -> dict:

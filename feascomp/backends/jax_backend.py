@@ -12,27 +12,35 @@ class JaxBackend:
     def __init__(self, solver):
         self.solver = solver
         self._compiled = None
+        self._compiled_warm = None
 
-    def update_fn(self):
-        """The pure update (params, x, onehot) -> (params, residuals), for jit or tracing."""
+    def update_fn(self, warm: bool = False):
+        """The pure update (params, x, onehot[, z]) -> (params, residuals, z), for jit or
+        tracing. ``warm``: start from the given edge state instead of a forward pass.
+        residuals: {"step": [K]} plus, when monitoring, {"family": [K, families]}."""
         import jax
         import jax.numpy as jnp
 
         s = self.solver
-        prog, alg, K, input_name = s.program, s.algorithm, s.steps, s.input_name
+        prog, alg, K, input_name, monitor = s.program, s.algorithm, s.steps, s.input_name, s.monitor
 
-        def update(params, x, onehot):
+        def update(params, x, onehot, z=None):
             data = {input_name: x, "__labels__": onehot}
-            z = prog.init_edges(jnp, prog.forward_values(jnp, params, data))
+            if z is None:
+                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data))
 
             def project(c, z):
                 return prog.project(jnp, c, z, data)
 
             def body(z, _):
-                return alg.step(jnp, project, z)
+                z, r = alg.step(jnp, project, z)
+                out = {"step": r}
+                if monitor:
+                    out["family"] = prog.family_distances(jnp, alg.shadow(project, z), data)
+                return z, out
 
             z, residuals = jax.lax.scan(body, z, None, length=K)
-            return prog.param_means(jnp, alg.shadow(project, z), params), residuals
+            return prog.param_means(jnp, alg.shadow(project, z), params), residuals, z
 
         return update
 
@@ -49,7 +57,13 @@ class JaxBackend:
             self._compiled = jax.jit(self.update_fn()).lower(params, x, y).compile()
         return time.perf_counter() - t0
 
-    def update(self, params, x, onehot):
+    def update(self, params, x, onehot, edges=None):
+        import jax
+
         self.compile(params)
         with self.solver.precision():
-            return self._compiled(params, x, onehot)
+            if edges is None:
+                return self._compiled(params, x, onehot)
+            if self._compiled_warm is None:
+                self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))
+            return self._compiled_warm(params, x, onehot, edges)

@@ -152,8 +152,11 @@ class Program:
     def project(self, xp, c: int, z: dict, data: dict) -> dict:
         """P_c(z) for class c of the schedule (a colour, or a CP layer): a new state in
         which every edge incident to the class's families is projected."""
+        return self.project_families(xp, self.classes[c], z, data)
+
+    def project_families(self, xp, names, z: dict, data: dict) -> dict:
         new = dict(z)
-        for name in self.classes[c]:
+        for name in names:
             info = self.info[name]
             f = info.family
             if f.kind == "const":
@@ -208,6 +211,15 @@ class Program:
                 out[p] = xp.where(xp.asarray(info.degree > 0), self._mean_out(xp, info, z), previous[p])
         return out
 
-    def residual(self, xp, a: dict, b: dict):
-        """Euclidean distance between two states."""
-        return xp.sqrt(sum(xp.sum((a[k] - b[k]) ** 2) for k in a))
+    def family_distances(self, xp, s: dict, data: dict):
+        """Distance of state s to each family's constraint set, in plan order: for a family of
+        colour c, the norm of P_c(s) - s over its incident edges (P_c(s) agrees with P_f(s)
+        there, since the colour's families touch disjoint edges)."""
+        sq = {}
+        for c in self.colours:
+            p = self.project_families(xp, self.by_colour[c], s, data)
+            for name in self.by_colour[c]:
+                info = self.info[name]
+                keys = {e.key for e in info.out} | {e.key for _, _, es in info.in_ports for e in es}
+                sq[name] = sum((xp.sum((p[k] - s[k]) ** 2) for k in keys), xp.zeros((), self.dtype))
+        return xp.sqrt(xp.stack([sq[f.name] for f in self.plan.families]))

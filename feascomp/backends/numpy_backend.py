@@ -18,12 +18,14 @@ class NumpyBackend:
     def compile(self, params) -> float:
         return 0.0
 
-    def update(self, params, x, onehot):
+    def update(self, params, x, onehot, edges=None):
         s, g = self.solver, self.graph
         dt = s.np_dtype
         x = np.asarray(x, dt)
         onehot = np.asarray(onehot, dt)
-        z = g.forward_edges({k: np.asarray(v, dt) for k, v in params.items()}, x, dt)
+        if s.monitor:
+            raise NotImplementedError("the numpy backend reports step residuals only")
+        z = g.forward_edges({k: np.asarray(v, dt) for k, v in params.items()}, x, dt) if edges is None else edges
 
         def project(c, z):
             return g.project(self.classes[c], z, x, onehot)
@@ -33,4 +35,4 @@ class NumpyBackend:
             z, r = s.algorithm.step(np, project, z)
             residuals.append(r)
         shadow = s.algorithm.shadow(project, z)
-        return g.param_means(shadow, {k: np.asarray(v, dt) for k, v in params.items()}), np.asarray(residuals)
+        return g.param_means(shadow, {k: np.asarray(v, dt) for k, v in params.items()}), {"step": np.asarray(residuals)}, z
