@@ -85,33 +85,41 @@ def solve_lambda(xp, A2, B2, z0, w):
 def project_dot(xp, opts, inputs, z0, w):
     a0, b0 = inputs
     dtype = a0.dtype
-    s = a0 + b0
-    d = a0 - b0
-    A2 = 0.5 * xp.sum(s * s, axis=-1)
-    B2 = 0.5 * xp.sum(d * d, axis=-1)
+    # The reductions and the output are each one pass over a0, b0: the output is written
+    # as a = ks (a0 + b0) + kd (a0 - b0) + ke e1 with per-node scalars, so no n-long
+    # temporary is shared between the passes (sums and differences are still formed per
+    # element before scaling, which keeps a0 ≈ ±b0 exact).
+    A2 = 0.5 * xp.sum((a0 + b0) ** 2, axis=-1)
+    B2 = 0.5 * xp.sum((a0 - b0) ** 2, axis=-1)
     lam = solve_lambda(xp, A2, B2, z0, w)
     z = z0 - lam / w
     A = xp.sqrt(A2)
     B = xp.sqrt(B2)
     pos = lam >= 0
-    nu_pos = B / (1 + lam)
-    nu_pos = xp.where(pos, nu_pos, 0)
+    nu_pos = xp.where(pos, B / (1 + lam), 0)
     nu_neg_base = A / xp.maximum(1 - lam, 1)  # only used where lam < 0, where 1 - lam > 1
     nu_u = xp.where(pos, xp.sqrt(xp.maximum(2 * z + nu_pos**2, 0)), nu_neg_base)
     nu_v = xp.where(pos, nu_pos, xp.sqrt(xp.maximum(nu_neg_base**2 - 2 * z, 0)))
-    # Directions (degenerate fallbacks described in the module docstring).
-    has_a = A > 0
-    has_b = B > 0
+    # u = nu_u * (unit U), v = nu_v * (unit V); U = a0 + b0 (if A > 0) else a0 - b0 (if B > 0)
+    # else e1; V = a0 - b0 (if B > 0) else a0 + b0 (if A > 0) else e1. a = (u + v)/√2,
+    # b = (u - v)/√2, and |a0 ± b0| = √2 A (resp. √2 B).
+    # Norms whose squares are subnormal are not accurate enough to normalise by; treat them
+    # as 0 (the direction then falls back, which changes the distance by O(|u0| |u|) < 1e-150).
+    tiny = float(xp.finfo(dtype).tiny)
+    has_a, has_b = A2 > tiny, B2 > tiny
+    r2 = math.sqrt(2)
+    cu = nu_u / (r2 * xp.where(has_a, r2 * A, xp.where(has_b, r2 * B, 1)))
+    cv = nu_v / (r2 * xp.where(has_b, r2 * B, xp.where(has_a, r2 * A, 1)))
+    u_s, u_d, u_e = has_a, ~has_a & has_b, ~(has_a | has_b)  # which vector U is
+    v_s, v_d, v_e = ~has_b & has_a, has_b, ~(has_a | has_b)  # which vector V is
+    ks_a, kd_a, ke_a = cu * u_s + cv * v_s, cu * u_d + cv * v_d, cu * u_e + cv * v_e
+    ks_b, kd_b, ke_b = cu * u_s - cv * v_s, cu * u_d - cv * v_d, cu * u_e - cv * v_e
     first = (xp.arange(a0.shape[-1]) == 0).astype(dtype)
-    U = xp.where(has_a[..., None], s, xp.where(has_b[..., None], d, first))
-    V = xp.where(has_b[..., None], d, xp.where(has_a[..., None], s, first))
-    normU = xp.where(has_a, math.sqrt(2) * A, xp.where(has_b, math.sqrt(2) * B, 1))
-    normV = xp.where(has_b, math.sqrt(2) * B, xp.where(has_a, math.sqrt(2) * A, 1))
-    cu = (nu_u / (math.sqrt(2) * normU))[..., None]
-    cv = (nu_v / (math.sqrt(2) * normV))[..., None]
-    a = cu * U + cv * V
-    b = cu * U - cv * V
-    return (a, b), z
+
+    def combine(ks, kd, ke):
+        return ks[..., None] * (a0 + b0) + kd[..., None] * (a0 - b0) + ke[..., None] * first
+
+    return (combine(ks_a, kd_a, ke_a), combine(ks_b, kd_b, ke_b)), z
 
 
 def _same_length(lengths, opts):
