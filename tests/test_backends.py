@@ -13,7 +13,7 @@ from models import mlp_source
 ALGORITHMS = [("ap", {}), ("dr", {}), ("dr", {"relaxation": 0.8}), ("cp", {}), ("dm", {}), ("dm", {"beta": 0.7})]
 
 models = st.tuples(
-    st.lists(st.integers(1, 4), min_size=2, max_size=4).map(lambda w: w[:-1] + [max(w[-1], 2)]),
+    st.lists(st.integers(1, 3), min_size=2, max_size=5).map(lambda w: w[:-1] + [max(w[-1], 2)]),
     st.lists(st.booleans(), min_size=4, max_size=4),
     st.booleans(),  # readout
     st.integers(1, 3),  # batch

@@ -146,3 +146,13 @@ def test_non_bipartite_error_names_the_cycle():
     m, _ = random_dag(3, [True, True, True])  # f0->f1, f0->f2, f1->f2: a triangle
     with pytest.raises(FeascompError, match=r"odd cycle %f\d - %f\d - %f\d"):
         ColorPass().run(m)
+
+
+def test_chained_sums_are_flattened_into_one():
+    """((a + b) + c) + d over four readout dots becomes one 4-slot sum: bipartite again."""
+    src = mlp_source([3, 2, 2, 2, 2], [True] * 5, readout=True)
+    plan = run_pipeline(parse_model(src), parse_pipeline("scalarize,fuse-sum-relu,color", batch=2))
+    sums = [f for f in plan.families if f.kind == "sum"]
+    assert len(sums) == 1 and sums[0].ports == (("x", 4),)
+    slots = sorted((e.start, e.src) for e in plan.in_edges(sums[0].name))
+    assert [s for s, _ in slots] == [0, 1, 2, 3]

@@ -128,20 +128,26 @@ class ScalarGraph:
                         self._edge(src, n, ports[i], False)
 
     def _fuse(self):
-        """A sum node whose only consumer is a one-input function of a sum is merged into it."""
+        """A sum node with one consumer, a function of a sum (sum_relu, sum, ...), is spliced
+        into the consumer's input slot it feeds."""
         dead = set()
-        for nid, node in enumerate(self.nodes):
-            if node.kind != "sum" or len(node.out) != 1:
-                continue
-            e = node.out[0]
-            r = self.nodes[self.dst[e]]
-            if r.prim is None or not getattr(r.prim, "fuses_sum", False) or r.ports.get("x") != [e]:
-                continue
-            r.ports["x"] = list(node.ports["x"])
-            for ie in node.ports["x"]:
-                self.dst[ie] = self.dst[e]
-            dead.add(nid)
-            self.dst[e] = -1
+        changed = True
+        while changed:
+            changed = False
+            for nid, node in enumerate(self.nodes):
+                if nid in dead or node.kind != "sum" or len(node.out) != 1:
+                    continue
+                e = node.out[0]
+                r = self.nodes[self.dst[e]]
+                if r.prim is None or not getattr(r.prim, "fuses_sum", False) or list(r.ports) != ["x"]:
+                    continue
+                slot = r.ports["x"].index(e)
+                r.ports["x"] = r.ports["x"][:slot] + list(node.ports["x"]) + r.ports["x"][slot + 1:]
+                for ie in node.ports["x"]:
+                    self.dst[ie] = self.dst[e]
+                dead.add(nid)
+                self.dst[e] = -1
+                changed = True
         # renumber: drop dead nodes and the merged edges
         keep_e = [e for e in range(len(self.src)) if self.dst[e] != -1]
         emap = {e: i for i, e in enumerate(keep_e)}

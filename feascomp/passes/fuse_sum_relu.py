@@ -18,12 +18,19 @@ from ..ir.feasibility import Edge, FeasModule
 
 
 def _is_elementwise_copy(e: Edge) -> bool:
-    """The edge copies each producer node to the same consumer node (port length 1)."""
-    return e.map.src_axes == tuple(range(len(e.map.src_axes))) and e.type.shape[-1] == 1 and len(e.map.src_axes) == e.type.rank - 1
+    """The edge copies each producer node to the same consumer node, into one port slot."""
+    return e.stop - e.start == 1 and e.map.src_axes == tuple(range(e.type.rank - 1)) and e.type.shape[-1] == 1
 
 
 @dataclasses.dataclass(frozen=True)
 class FuseSumReluPass:
+    """Splice each sum family into the port slot it feeds of a function of a sum.
+
+    Applies when the sum's only outgoing edge family is an elementwise copy into one slot of
+    a primitive declaring ``fuses_sum`` (sum_relu, leaky_relu, clip, and sum itself, which
+    flattens chains: ((a + b) + c) + d becomes one 4-input sum -- what keeps a readout over
+    several layers bipartite)."""
+
     name = "fuse-sum-relu"
     output_stage = "feasibility"
     input_level = "feasibility"
@@ -38,21 +45,31 @@ class FuseSumReluPass:
     def _find(self, m: FeasModule):
         from ..primitives import get, names
 
-        for relu in m.families:
-            if relu.kind not in names("function") or not get(relu.kind).fuses_sum or relu.ports != (("x", 1),):
+        for s in m.families:
+            if s.kind != "sum":
                 continue
-            (e,) = m.in_edges(relu.name)
-            src = m.family(e.src)
-            if src.kind == "sum" and m.out_edges(src.name) == [e] and _is_elementwise_copy(e):
-                return src, relu, e
+            outs = m.out_edges(s.name)
+            if len(outs) != 1 or not _is_elementwise_copy(outs[0]):
+                continue
+            e = outs[0]
+            r = m.family(e.dst)
+            if r.kind in names("function") and get(r.kind).fuses_sum and [p for p, _ in r.ports] == ["x"]:
+                return s, r, e
         return None
 
-    def _fuse(self, m, s, relu, link):
-        fused = dataclasses.replace(relu, ports=s.ports, loc=relu.loc)
-        fams = tuple(fused if f.name == relu.name else f for f in m.families if f.name != s.name)
+    def _fuse(self, m, s, r, link):
+        n_s = s.port_length("x")
+        grow = n_s - 1
+        fused = dataclasses.replace(r, ports=(("x", r.port_length("x") + grow),))
+        fams = tuple(fused if f.name == r.name else f for f in m.families if f.name != s.name)
         edges = []
         for e in m.edges:
             if e == link:
                 continue
-            edges.append(dataclasses.replace(e, dst=relu.name) if e.dst == s.name else e)
+            if e.dst == s.name:  # the sum's inputs take its slot in r
+                edges.append(dataclasses.replace(e, dst=r.name, start=e.start + link.start, stop=e.stop + link.start))
+            elif e.dst == r.name and e.start >= link.stop:  # later slots shift
+                edges.append(dataclasses.replace(e, start=e.start + grow, stop=e.stop + grow))
+            else:
+                edges.append(e)
         return m.replace(families=fams, edges=tuple(edges))
