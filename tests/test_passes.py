@@ -150,7 +150,7 @@ def test_non_bipartite_error_names_the_cycle():
 
 def test_chained_sums_are_flattened_into_one():
     """((a + b) + c) + d over four readout dots becomes one 4-slot sum: bipartite again."""
-    src = mlp_source([3, 2, 2, 2, 2], [True] * 5, readout=True)
+    src = mlp_source([3, 2, 2, 2, 2, 2], [True] * 5, readout=True)  # four hidden layers
     plan = run_pipeline(parse_model(src), parse_pipeline("scalarize,fuse-sum-relu,color", batch=2))
     sums = [f for f in plan.families if f.kind == "sum"]
     assert len(sums) == 1 and sums[0].ports == (("x", 4),)
