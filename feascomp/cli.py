@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model file by iterated projections")
-    t.add_argument("model", help="a .fc model file")
+    t.add_argument("model", help="a .fc model file, or a JAX function as module.py:function")
+    t.add_argument("--init", metavar="NAME", help="for module.py:function, the module's parameter initialiser init(seed) "
+                   "(default: init_params, or <function>_init)")
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
     t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm"], default="dr")
     t.add_argument("--relaxation", type=float, default=0.5, help="DR relaxation r in (0, 1] (default 0.5, classic DR)")
@@ -101,12 +103,17 @@ def _train(args) -> int:
     from .solver import compile
     from .train import save_params, train
 
-    solver = compile(
-        args.model, batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
-        dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta, backend=args.backend,
-        warm_start=args.warm_start, monitor=bool(args.residuals),
-    )
     ds = data.load(args.dataset)
+    options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
+                   dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
+                   backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals))
+    if _is_python_model(args.model):
+        from .frontends.pymodule import load_function
+
+        fn, params = load_function(args.model, args.init, args.seed)
+        solver = compile(fn, params, ds.x_train[0], **options)
+    else:
+        solver = compile(args.model, **options)
     _check_input(solver.input_shape, ds, args.model)
     history = [] if args.residuals else None
     params, report = train(
@@ -131,6 +138,11 @@ def _train(args) -> int:
             f"{report['seconds_per_step'] * 1e3:.2f} ms/step, compile {report['compile_seconds']:.1f} s"
         )
     return 0
+
+
+def _is_python_model(spec: str) -> bool:
+    path, sep, name = spec.rpartition(":")
+    return bool(sep) and path.endswith(".py") and name.isidentifier()
 
 
 def _check_input(shape, ds, model):

@@ -51,7 +51,11 @@ def load_model(model) -> TensorModule:
 
 def compile(  # noqa: A001  (the public name users expect)
     model,
+    params=None,
+    example_input=None,
     *,
+    loss: str = "cross_entropy",
+    in_axes="auto",
     batch_size: int = 256,
     algorithm: str = "dr",
     steps: int = 50,
@@ -70,8 +74,35 @@ def compile(  # noqa: A001  (the public name users expect)
     projections (Theorem 3) instead of weight 1; ``backend``: jax or numpy (the scalar-graph
     oracle, small models only) or an installed plug-in; ``warm_start``: carry the edge state
     across batches instead of re-initialising it by a forward pass (Algorithm 1);
-    ``monitor``: also report each family's distance to its constraint at every step."""
-    tensor = load_model(model)
+    ``monitor``: also report each family's distance to its constraint at every step.
+
+    ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
+    function also needs ``params`` (any pytree; the solver then takes and returns that
+    structure) and ``example_input`` (one sample or a batch: see ``in_axes`` in
+    feascomp.frontends.jaxpr.trace), and ``loss`` / ``loss_options`` name its loss."""
+    names = treedef = None
+    if callable(model) and not isinstance(model, TensorModule):
+        from .frontends.jaxpr import trace
+
+        if params is None or example_input is None:
+            raise FeascompError("compiling a JAX function needs params and example_input")
+        try:
+            tensor, names, treedef = trace(model, params, example_input, loss=loss, loss_options=loss_options,
+                                           in_axes=in_axes)
+        except FeascompError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an error in the user's function while tracing
+            import traceback
+
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename
+                      and "/feascomp/" not in f.filename.replace("\\", "/")]
+            from .errors import Loc
+
+            loc = Loc(frames[-1].filename, frames[-1].lineno or 0, 1, frames[-1].line) if frames else None
+            raise FeascompError(f"tracing the model function failed: {type(e).__name__}: {e}", loc) from None
+        loss_options = None  # now part of the IR
+    else:
+        tensor = load_model(model)
     if dtype not in DTYPES:
         raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if steps < 1:
@@ -89,8 +120,11 @@ def compile(  # noqa: A001  (the public name users expect)
     plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
-    return Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                  warm_start=warm_start, monitor=monitor)
+    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
+                    warm_start=warm_start, monitor=monitor)
+    if treedef is not None:
+        solver.bind_pytree(names, treedef, params)
+    return solver
 
 
 class Solver:
@@ -123,6 +157,31 @@ class Solver:
         self.num_classes = plan.family(self.program.target).port_length("logits")
         self.backend = backends.load(backend)(self)
         self._apply = None
+        self.param_names = self.treedef = self.example_params = None
+
+    def bind_pytree(self, names, treedef, example):
+        """Take and return parameters as the user's pytree (the jaxpr front end)."""
+        import jax
+
+        self.param_names, self.treedef = names, treedef
+        self.example_params = dict(zip(names, (np.asarray(v) for v in jax.tree_util.tree_leaves(example))))
+
+    def _flat(self, params) -> dict:
+        if self.treedef is None or (isinstance(params, dict) and set(params) == set(self.param_names or ())):
+            return params
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(params)
+        if len(leaves) != len(self.param_names):
+            raise FeascompError(f"expected a parameter pytree with {len(self.param_names)} leaves, got {len(leaves)}")
+        return dict(zip(self.param_names, leaves))
+
+    def _tree(self, flat: dict):
+        if self.treedef is None:
+            return flat
+        import jax
+
+        return jax.tree_util.tree_unflatten(self.treedef, [flat[n] for n in self.param_names])
 
     def precision(self):
         """The JAX precision context of this solver's runs (64-bit mode only for float64)."""
@@ -132,6 +191,8 @@ class Solver:
     def init_params(self, seed: int = 0) -> dict:
         """Parameters drawn by each param's initialiser (NumPy generator, so any backend
         starts from the same point)."""
+        if self.example_params is not None:  # a traced function: its parameters as given
+            return self._tree({k: v.astype(DTYPES[self.dtype]) for k, v in self.example_params.items()})
         rng = np.random.default_rng(seed)
         out = {}
         for op in self.tensor.by_kind("param"):
@@ -148,7 +209,8 @@ class Solver:
             out[op.result] = v.astype(DTYPES[self.dtype])
         return out
 
-    def init(self, params: dict) -> SolverState:
+    def init(self, params) -> SolverState:
+        params = self._flat(params)
         self._check_params(params)
         return SolverState({k: np.asarray(v, DTYPES[self.dtype]) for k, v in params.items()}, 0)
 
@@ -184,12 +246,12 @@ class Solver:
         """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
         Returns (params, state, info); info["residual"] holds one residual per step."""
         x, onehot = self._batch(x, y)
-        params, residuals, edges = self.backend.update(state.params, x, onehot, state.edges if self.warm_start else None)
+        params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.warm_start else None)
         info = {"residual": residuals["step"]}
         if "family" in residuals:
             info["family_residual"] = residuals["family"]
             info["families"] = [f.name for f in self.plan.families]
-        return params, SolverState(params, state.count + 1, edges if self.warm_start else None), info
+        return self._tree(params), SolverState(params, state.count + 1, edges if self.warm_start else None), info
 
     # inference and inspection ------------------------------------------------------------
     def apply(self, params: dict, x) -> Any:
@@ -199,7 +261,7 @@ class Solver:
         if self._apply is None:
             self._apply = jax.jit(lambda p, x: evaluate(jnp, self.tensor, p, {self.input_name: x}))
         with _x64(self.dtype):
-            return self._apply(params, np.asarray(x, DTYPES[self.dtype]))
+            return self._apply(self._flat(params), np.asarray(x, DTYPES[self.dtype]))
 
     def accuracy(self, params: dict, x, y) -> float:
         return float(np.mean(np.argmax(np.asarray(self.apply(params, x)), -1) == np.asarray(y)))

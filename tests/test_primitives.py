@@ -38,7 +38,7 @@ def test_registry_has_every_rule():
             assert prim.doc
         else:
             assert callable(prim.forward_rule) and callable(prim.prox_rule) and prim.doc
-    assert {"identity", "sum", "sum_relu", "dot", "max", "quantize", "cross_entropy", "margin",
+    assert {"identity", "affine", "sum", "sum_relu", "dot", "max", "quantize", "cross_entropy", "margin",
             "leaky_relu", "clip", "sign", "min", "mul", "square", "average", "mse"} <= set(P.names())
 
 
@@ -51,7 +51,7 @@ def test_unknown_primitive_and_option():
 
 # -- references -------------------------------------------------------------------------
 
-OPTIONS = {"leaky_relu": {"slope": 0.1}, "clip": {"lo": -1.0, "hi": 2.0}, "quantize": {"levels": 5, "scale": 2.0}}
+OPTIONS = {"affine": {"scale": -1.5, "shift": 0.5}, "leaky_relu": {"slope": 0.1}, "clip": {"lo": -1.0, "hi": 2.0}, "quantize": {"levels": 5, "scale": 2.0}}
 
 
 def prim(name):
@@ -175,6 +175,9 @@ def reference_distance(name, ins0, y0, w):
         return min(_segment(ins0[0], y0, w, lo, hi, z) for lo, hi, z in pieces_1d(name))
     if name == "square":
         return brute_1d(lambda t: t * t, ins0[0], y0, w)
+    if name == "affine":
+        o = OPTIONS["affine"]
+        return brute_1d(lambda t: o["scale"] * t + o["shift"], ins0[0], y0, w)
     if name == "dot":
         return brute_dot(np.asarray(ins0[0]), np.asarray(ins0[1]), y0, w)
     if name == "mul":
@@ -222,11 +225,11 @@ def test_projection_is_on_graph_and_nearest(name):
     check()
 
 
-@pytest.mark.parametrize("name", ["identity", "sum", "average"])
+@pytest.mark.parametrize("name", ["identity", "sum", "average", "affine"])
 def test_affine_projections_are_nonexpansive(name):
     rng = np.random.default_rng(0)
     p = prim(name)
-    shape = (500,) if name == "identity" else (500, 4)
+    shape = (500,) if name in ("identity", "affine") else (500, 4)
     a, b = rng.normal(size=shape), rng.normal(size=shape)
     ya, yb = rng.normal(size=500), rng.normal(size=500)
     w = rng.uniform(0.5, 4, size=500)

@@ -1,0 +1,234 @@
+"""The jaxpr front end: a plain JAX function ``fn(params, x)`` -> tensor IR.
+
+The function is traced with ``jax.make_jaxpr`` on **one sample** (per-sample semantics, as
+under ``jax.vmap``); the compiler adds the batch axis. Parameters may be any pytree; each
+leaf becomes a ``param`` named after its path (``{"W1": ...}`` -> ``W1``,
+``{"params": {"Dense_0": {"kernel": ...}}}`` -> ``params_Dense_0_kernel``).
+
+Supported primitives (anything else is refused by name, with the user's source line):
+dot_general (a vector or matrix times a matrix contracted on its first axis: ``x @ W``,
+``jnp.dot``, ``jnp.einsum("i,ij->j")``), add / add_any, sub, mul and div by constants,
+max (``max(x, 0)`` is relu; ``jax.nn.relu``'s custom_jvp_call is inlined), neg,
+convert_element_type and copy (aliases), and nested jit / pjit / closed_call /
+core_call bodies (inlined). Types come from ``jax.extend.core``.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import FeascompError, Loc
+from ..ir.tensor import Op, TensorModule, verify
+from ..ir.types import TensorType
+
+CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
+SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy", "copy_p"} | CALLS)
+DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def param_names(params) -> tuple[list[str], object]:
+    """Names for the leaves of a parameter pytree, and its treedef."""
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = []
+    for path, _ in leaves:
+        raw = "_".join(re.sub(r"[^A-Za-z0-9_]", "", str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))) for k in path)
+        name = raw or "param"
+        if name[0].isdigit():
+            name = "p" + name
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names, treedef
+
+
+def _ttype(aval) -> TensorType:
+    dt = DTYPE_NAMES.get(np.dtype(aval.dtype))
+    if dt is None:
+        raise FeascompError(f"values of dtype {aval.dtype} are not supported; use float32 or float64")
+    return TensorType(dt, tuple(int(d) for d in aval.shape))
+
+
+def _loc(eqn) -> Loc | None:
+    try:
+        from jax.extend.source_info_util import summarize
+
+        text = summarize(eqn.source_info)
+    except Exception:  # noqa: BLE001 - source info is best effort
+        return None
+    m = re.match(r"(.*):(\d+):(\d+)", text or "")
+    if not m:
+        return None
+    file, line, col = m.group(1), int(m.group(2)), int(m.group(3)) + 1
+    src = None
+    try:
+        with open(file) as fh:
+            lines = fh.read().splitlines()
+        src = lines[line - 1] if 0 < line <= len(lines) else None
+    except OSError:
+        pass
+    return Loc(file, line, col, src)
+
+
+def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_options: dict | None = None,
+          in_axes="auto", name: str | None = None) -> tuple[TensorModule, list[str], object]:
+    """Trace ``fn(params, x)`` to tensor IR. Returns (module, parameter names, treedef).
+
+    ``in_axes``: ``None`` -- example_input is one sample; ``0`` -- it is a batch (leading
+    axis); ``"auto"`` (default) -- call fn on it: a 1-D output means one sample, a 2-D output
+    whose leading axis equals the input's means a batch.
+    """
+    import jax
+
+    x = np.asarray(example_input)
+    if in_axes == "auto":
+        out = jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        out_shape = getattr(out, "shape", None)
+        if out_shape is None:
+            raise FeascompError("the model function must return one array of logits")
+        in_axes = 0 if (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]) else None
+    if in_axes == 0:
+        x = x[0]
+    elif in_axes is not None:
+        raise FeascompError(f"in_axes must be None, 0 or 'auto', not {in_axes!r}")
+    names, treedef = param_names(params)
+    leaves = jax.tree_util.tree_leaves(params)
+    closed = jax.make_jaxpr(lambda leaves, x: fn(jax.tree_util.tree_unflatten(treedef, leaves), x))(leaves, x)
+    builder = _Builder()
+    env = {}
+    jaxpr = closed.jaxpr
+    for v, n, leaf in zip(jaxpr.invars[: len(leaves)], names, leaves):
+        t = _ttype(v.aval)
+        builder.ops.append(Op("param", n, (), (("init", "zeros"),), t))
+        env[v] = n
+    xin = jaxpr.invars[len(leaves)]
+    builder.ops.append(Op("input", "x", (), (), _ttype(xin.aval)))
+    env[xin] = "x"
+    builder.used = set(names) | {"x"}
+    for cv, cval in zip(jaxpr.constvars, closed.consts):
+        env[cv] = _Const(np.asarray(cval))
+    builder.inline(jaxpr, env)
+    if len(jaxpr.outvars) != 1:
+        raise FeascompError(f"the model function must return one array of logits, it returns {len(jaxpr.outvars)}")
+    out = builder.read(env, jaxpr.outvars[0], None)
+    if isinstance(out, _Const):
+        raise FeascompError("the model's output does not depend on its input or parameters")
+    builder.ops.append(Op("output", None, (out,), (), None))
+    builder.ops.append(Op("loss", None, (out,), (("kind", loss),) + tuple((loss_options or {}).items()), None))
+    module = TensorModule(name or getattr(fn, "__name__", "model").replace("<", "").replace(">", "") or "model", tuple(builder.ops))
+    verify(module)
+    return module, names, treedef
+
+
+class _Const:
+    """A compile-time constant (a jaxpr literal or closed-over value)."""
+
+    def __init__(self, value):
+        self.value = np.asarray(value)
+
+    def scalar(self):
+        if self.value.size != 1:
+            return None
+        return float(self.value.reshape(()))
+
+
+class _Builder:
+    def __init__(self):
+        self.ops: list[Op] = []
+        self.types: dict[str, TensorType] = {}
+        self.used: set[str] = set()
+        self.counter = 0
+
+    def fresh(self) -> str:
+        while str(self.counter) in self.used:
+            self.counter += 1
+        self.used.add(str(self.counter))
+        return str(self.counter)
+
+    def read(self, env, v, eqn):
+        from jax.extend.core import Literal
+
+        if isinstance(v, Literal):
+            return _Const(v.val)
+        return env[v]
+
+    def emit(self, opname, operands, aval, eqn, attrs=()) -> str:
+        name = self.fresh()
+        self.ops.append(Op(opname, name, tuple(operands), tuple(attrs), _ttype(aval), _loc(eqn)))
+        return name
+
+    def refuse(self, eqn, why=None):
+        what = why or f"JAX primitive {eqn.primitive.name!r} is not supported"
+        raise FeascompError(what, _loc(eqn), note=f"supported: {', '.join(SUPPORTED)}")
+
+    def inline(self, jaxpr, env):
+        for eqn in jaxpr.eqns:
+            prim = eqn.primitive.name
+            ins = [self.read(env, v, eqn) for v in eqn.invars]
+            outs = eqn.outvars
+            if prim in CALLS:
+                sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+                if sub is None:
+                    self.refuse(eqn)
+                inner = getattr(sub, "jaxpr", sub)
+                consts = getattr(sub, "consts", [])
+                sub_env = {}
+                for cv, c in zip(inner.constvars, consts):
+                    sub_env[cv] = _Const(np.asarray(c))
+                for iv, val in zip(inner.invars, ins):
+                    sub_env[iv] = val
+                self.inline(inner, sub_env)
+                for o, io in zip(outs, inner.outvars):
+                    env[o] = self.read(sub_env, io, eqn)
+                continue
+            if len(outs) != 1:
+                self.refuse(eqn)
+            env[outs[0]] = self.lower(eqn, prim, ins, outs[0].aval)
+
+    def lower(self, eqn, prim, ins, aval):
+        consts = [isinstance(a, _Const) for a in ins]
+        if all(consts) and ins:
+            self.refuse(eqn, f"{prim} of constants only is not supported (fold it outside the model)")
+        if prim in ("convert_element_type", "copy", "copy_p"):
+            return ins[0]
+        if prim == "dot_general":
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+            if any(consts) or lb or rb or tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or rhs.ndim != 2:
+                self.refuse(eqn, "dot_general is supported as x @ W (contract x's last axis with W's first, W a matrix, "
+                            f"no batch axes); got contracting {tuple(lc)}, {tuple(rc)} on {lhs.shape} and {rhs.shape}")
+            return self.emit("matmul", ins, aval, eqn)
+        if prim in ("add", "add_any", "sub"):
+            if any(consts):
+                c = (ins[0] if consts[0] else ins[1]).scalar()
+                v = ins[1] if consts[0] else ins[0]
+                if c is None:
+                    self.refuse(eqn, f"{prim} with a non-scalar constant is not supported")
+                if prim == "sub" and consts[0]:  # c - v
+                    return self.emit("affine", [v], aval, eqn, (("scale", -1.0), ("shift", c)))
+                return self.emit("affine", [v], aval, eqn, (("scale", 1.0), ("shift", -c if prim == "sub" else c)))
+            a, b = ins
+            if prim == "sub":
+                b = self.emit("affine", [b], eqn.invars[1].aval, eqn, (("scale", -1.0), ("shift", 0.0)))
+            return self.emit("add", [a, b], aval, eqn)
+        if prim == "neg":
+            return self.emit("affine", ins, aval, eqn, (("scale", -1.0), ("shift", 0.0)))
+        if prim in ("mul", "div"):
+            if not any(consts) or (prim == "div" and consts[0]):
+                self.refuse(eqn, f"{prim} is supported only by a scalar constant (x * c, x / c)")
+            c = (ins[0] if consts[0] else ins[1]).scalar()
+            v = ins[1] if consts[0] else ins[0]
+            if c is None or (prim == "div" and c == 0):
+                self.refuse(eqn, f"{prim} by a non-scalar or zero constant is not supported")
+            return self.emit("affine", [v], aval, eqn, (("scale", c if prim == "mul" else 1.0 / c), ("shift", 0.0)))
+        if prim == "max":
+            if any(consts):
+                c = (ins[0] if consts[0] else ins[1]).scalar()
+                v = ins[1] if consts[0] else ins[0]
+                if c != 0.0:
+                    self.refuse(eqn, "max with a constant is supported only as max(x, 0) (relu)")
+                return self.emit("relu", [v], aval, eqn)
+            return self.emit("max", ins, aval, eqn)
+        self.refuse(eqn)

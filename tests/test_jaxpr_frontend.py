@@ -1,0 +1,189 @@
+"""Plain JAX models: the jaxpr front end and the optax-style API."""
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import feascomp
+from feascomp import data
+from feascomp.cli import main
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def fc_solver():
+    return feascomp.compile("examples/digits_mlp.fc", batch_size=64, steps=20)
+
+
+def canonical(text: str) -> list[str]:
+    """Feasibility IR lines with structural names: each non-const, non-param family is named
+    by its kind and its producers (so the two front ends' different SSA names and op orders
+    compare equal); the model name and initialiser attributes are dropped."""
+    fams = {}
+    edges = []
+    for line in text.splitlines():
+        m = re.match(r"\s*%(\w+) = (\w+)\((.*?)\)(.*) : (\S+\[.*\])", line)
+        if m:
+            fams[m.group(1)] = (m.group(2), m.group(3), re.sub(r'init = "\w+"(, )?', "", m.group(4)).replace("{}", "").strip(), m.group(5))
+        m = re.match(r"\s*edge %(\w+) -> %(\w+)\.(\w+)\[(\d+):(\d+)\] (.*)", line)
+        if m:
+            edges.append(m.groups())
+    names = {}
+
+    def name(f):
+        if f not in names:
+            kind = fams[f][0]
+            if kind in ("const", "param"):
+                names[f] = f
+            else:
+                ins = sorted((p, int(a), name(s)) for s, d, p, a, b, _ in edges if d == f)
+                names[f] = f"{kind}{ins}"
+        return names[f]
+
+    out = [f"family {name(f)} {k} ({p}) {a} : {t}" for f, (k, p, a, t) in fams.items()]
+    out += [f"edge {name(s)} -> {name(d)}.{p}[{a}:{b}] {rest}" for s, d, p, a, b, rest in edges]
+    return sorted(out)
+
+
+def mlp_at(p, x):
+    return jax.nn.relu(x @ p["W1"] + p["b1"]) @ p["W2"]
+
+
+def mlp_dot(p, x):
+    return jnp.dot(jnp.maximum(jnp.dot(x, p["W1"]) + p["b1"], 0), p["W2"])
+
+
+def mlp_einsum(p, x):
+    h = jax.nn.relu(jnp.einsum("i,ij->j", x, p["W1"]) + p["b1"])
+    return jnp.einsum("i,ij->j", h, p["W2"])
+
+
+def mlp_maximum(p, x):
+    return jnp.maximum(x @ p["W1"] + p["b1"], 0.0) @ p["W2"]
+
+
+@jax.jit
+def _inner(p, x):
+    return jax.nn.relu(x @ p["W1"] + p["b1"])
+
+
+def mlp_inner_jit(p, x):
+    return _inner(p, x) @ p["W2"]
+
+
+VARIANTS = [mlp_at, mlp_dot, mlp_einsum, mlp_maximum, mlp_inner_jit]
+
+
+def test_same_feasibility_ir_as_the_fc_model(fc_solver, digits):
+    p0 = fc_solver.init_params(0)
+    js = feascomp.compile(mlp_at, p0, digits.x_train[0], batch_size=64, steps=20, loss_options={"lam": 5.0})
+    assert canonical(js.dump("feasibility")) == canonical(fc_solver.dump("feasibility"))
+    assert canonical(js.dump("plan")) == canonical(fc_solver.dump("plan"))
+
+
+def test_same_iterates_as_the_fc_model(fc_solver, digits):
+    p0 = fc_solver.init_params(0)
+    js = feascomp.compile(mlp_at, p0, digits.x_train[:3], batch_size=64, steps=20, loss_options={"lam": 5.0})
+    sf, sj = fc_solver.init(p0), js.init(p0)
+    order = data.batches(1400, 64, np.random.default_rng(1))
+    for _ in range(3):
+        idx = next(order)
+        pf, sf, _ = fc_solver.update(sf, digits.x_train[idx], digits.y_train[idx])
+        pj, sj, _ = js.update(sj, digits.x_train[idx], digits.y_train[idx])
+    for k in pf:
+        np.testing.assert_allclose(np.asarray(pj[k]), np.asarray(pf[k]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", VARIANTS, ids=[f.__name__ for f in VARIANTS])
+def test_every_spelling_trains(fn, fc_solver, digits):
+    p0 = fc_solver.init_params(0)
+    s = feascomp.compile(fn, p0, digits.x_train[0], batch_size=64, steps=50)
+    state = s.init(p0)
+    order = data.batches(1400, 64, np.random.default_rng(0))
+    for _ in range(25):
+        idx = next(order)
+        params, state, _ = s.update(state, digits.x_train[idx], digits.y_train[idx])
+    assert set(params) == {"W1", "b1", "W2"}
+    assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
+
+
+def test_pytree_parameters_round_trip(fc_solver, digits):
+    p0 = fc_solver.init_params(0)
+    nested = {"layers": [{"w": p0["W1"], "b": p0["b1"]}, {"w": p0["W2"]}]}
+
+    def f(p, x):
+        return jax.nn.relu(x @ p["layers"][0]["w"] + p["layers"][0]["b"]) @ p["layers"][1]["w"]
+
+    s = feascomp.compile(f, nested, digits.x_train[0], batch_size=64, steps=5)
+    params, state, _ = s.update(s.init(nested), digits.x_train[:64], np.eye(10)[digits.y_train[:64]])  # one-hot labels
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(nested)
+    assert s.apply(params, digits.x_test).shape == (397, 10)
+    assert "layers_0_w" in s.dump("tensor")
+
+
+def test_batch_or_sample_example_input(fc_solver, digits):
+    p0 = fc_solver.init_params(0)
+    a = feascomp.compile(mlp_at, p0, digits.x_train[0], batch_size=8).dump("tensor")
+    b = feascomp.compile(mlp_at, p0, digits.x_train[:8], batch_size=8).dump("tensor")
+    c = feascomp.compile(mlp_at, p0, digits.x_train[:8], batch_size=8, in_axes=0).dump("tensor")
+    assert a == b == c and "%x = input() : f32[64]" in a
+
+
+def test_unsupported_primitive_is_refused_with_the_source_line(fc_solver, digits):
+    def f(p, x):
+        return jnp.tanh(x @ p["W1"]) @ p["W2"]
+
+    with pytest.raises(feascomp.FeascompError) as e:
+        feascomp.compile(f, fc_solver.init_params(0), digits.x_train[0])
+    err = e.value
+    assert "'tanh' is not supported" in err.message and "dot_general" in err.note
+    assert err.loc.file == __file__ and "jnp.tanh" in err.loc.source_line
+
+
+def test_cli_trains_a_python_model(tmp_path, capsys):
+    code = main(["train", "examples/digits_mlp_jax.py:mlp", "--dataset", "digits", "--batch-size", "64",
+                 "--updates", "20", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["test_accuracy"] >= 0.80
+
+
+def test_cli_refuses_bad_python_models(tmp_path, capsys):
+    bad = tmp_path / "m.py"
+    bad.write_text("import jax.numpy as jnp\n\ndef f(p, x):\n    return jnp.sin(x @ p['W'])\n\n"
+                   "def init_params(seed):\n    import numpy as np\n    return {'W': np.zeros((64, 10), np.float32)}\n")
+    assert main(["train", f"{bad}:f", "--dataset", "digits", "--updates", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4:" in err and "'sin' is not supported" in err and "Traceback" not in err
+    broken = tmp_path / "b.py"
+    broken.write_text("def f(p, x):\n    return x @@ p\n")
+    assert main(["train", f"{broken}:f", "--dataset", "digits", "--updates", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}:2:" in err and "SyntaxError" in err
+    assert main(["train", f"{broken}:g", "--dataset", "digits"]) == 2
+
+
+def test_flax_linen_mlp_trains(digits):
+    nn = pytest.importorskip("flax.linen")
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10, use_bias=False)(nn.relu(nn.Dense(32)(x)))
+
+    model = MLP()
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros(64))
+    s = feascomp.compile(model.apply, params, digits.x_train[0], batch_size=64, steps=50)
+    state = s.init(params)
+    order = data.batches(1400, 64, np.random.default_rng(0))
+    for _ in range(25):
+        idx = next(order)
+        params, state, _ = s.update(state, digits.x_train[idx], digits.y_train[idx])
+    assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
