@@ -75,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("csv")
     pl.add_argument("-o", "--output", help="PNG path (default: the CSV's name with .png)")
 
+    o = sub.add_parser("opt", help="run a pass pipeline on a model file or IR text and print the result")
+    o.add_argument("input", help="a .fc model file or an IR text file (tensor, feasibility or plan)")
+    o.add_argument("--passes", default=None, help="pipeline, e.g. 'scalarize{batch=64},fuse-sum-relu,color' (default: the standard pipeline from the input's level)")
+    o.add_argument("--emit", choices=STAGES, help="stop once the IR reaches this stage")
+    o.add_argument("--batch-size", type=_positive, default=256, help="fills scalarize{batch} when the pipeline does not set it")
+    o.add_argument("--print-ir-after-all", action="store_true")
+    o.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    o.add_argument("--print-ir-after-change", action="store_true")
+    o.add_argument("--time-passes", action="store_true")
+    o.add_argument("--no-verify", action="store_true")
+    o.add_argument("--dump-pipeline", action="store_true", help="print the canonical pipeline string (it parses back) to stderr")
+    o.add_argument("--reproducer-dir", default=".", help="where a failing pass writes the IR it received (default .)")
+
+    sub.add_parser("passes", help="list the available passes (built in and plug-ins)")
+
     d = sub.add_parser("dump", help="print the IR of a compilation stage")
     d.add_argument("model")
     d.add_argument("--stage", choices=STAGES, default="plan")
@@ -85,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot}
+        commands = {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot,
+                    "opt": _opt, "passes": _passes}
         return commands[args.command](args)
     except FeascompError as e:
         print(e.render(), file=sys.stderr)
@@ -180,6 +196,78 @@ def _plot(args) -> int:
     out = args.output or (args.csv.rsplit(".", 1)[0] + ".png")
     plot_history(args.csv, out)
     print(out)
+    return 0
+
+
+def _load_any(path: str):
+    """A .fc model, or IR text of any level."""
+    from .frontends.dsl import parse_file, read_source
+    from .ir import parse_ir
+
+    if path.endswith(".fc"):
+        return parse_file(path)
+    return parse_ir(read_source(path), path)
+
+
+def _print_module(module, out) -> None:
+    from .ir import FeasModule, print_tensor
+    from .ir.text import print_feasibility, print_plan
+
+    if not isinstance(module, FeasModule):
+        out.write(print_tensor(module))
+    elif any(f.attr("colour") is not None for f in module.families):
+        out.write(print_plan(module))
+    else:
+        out.write(print_feasibility(module, "feasibility"))
+
+
+def _opt(args) -> int:
+    from .ir import FeasModule
+    from .passes import DEFAULT_PIPELINE, parse_pipeline, pipeline_text, run_pipeline
+
+    module = _load_any(args.input)
+    text = args.passes
+    if text is None:
+        text = DEFAULT_PIPELINE if not isinstance(module, FeasModule) else ",".join(DEFAULT_PIPELINE.split(",")[1:])
+    passes = parse_pipeline(text, batch=args.batch_size)
+    if args.emit:
+        stages = [getattr(p, "output_stage", None) for p in passes]
+        if args.emit == "tensor":
+            passes = []
+        elif args.emit in stages:
+            passes = passes[: len(stages) - stages[::-1].index(args.emit)]
+    if args.dump_pipeline:
+        print(pipeline_text(passes), file=sys.stderr)
+    timings: dict[str, float] = {}
+    previous = [str(module)]
+
+    def after(p, m):
+        now = str(m)
+        show = args.print_ir_after_all or p.name in args.print_ir_after or (args.print_ir_after_change and now != previous[0])
+        if show:
+            sys.stderr.write(f"// -----// IR Dump After {p.name} //----- //\n")
+            _print_module(m, sys.stderr)
+        previous[0] = now
+
+    module = run_pipeline(module, passes, verify_each=not args.no_verify, after=after, timings=timings,
+                          reproducer_dir=args.reproducer_dir)
+    if args.time_passes:
+        total = sum(timings.values())
+        print("===-------------------------------------------------------------===", file=sys.stderr)
+        print("                      ... Pass execution timing report ...", file=sys.stderr)
+        print(f"  Total Execution Time: {total:.4f} seconds", file=sys.stderr)
+        for name, secs in timings.items():
+            print(f"  {secs:10.4f} ({100 * secs / total if total else 0:5.1f}%)  {name}", file=sys.stderr)
+    _print_module(module, sys.stdout)
+    return 0
+
+
+def _passes(args) -> int:
+    from .passes import available
+
+    for name, cls in sorted(available().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:18s} {getattr(cls, 'input_level', '?'):12s} -> {getattr(cls, 'output_stage', '?'):12s} {doc}")
     return 0
 
 

@@ -20,8 +20,37 @@ from .fuse_sum_relu import FuseSumReluPass
 from .scalarize import ScalarizePass
 
 PASSES: dict[str, type] = {p.name: p for p in (ScalarizePass, FuseSumReluPass, ColorPass)}
+GROUP = "feascomp.passes"
 
 DEFAULT_PIPELINE = "scalarize,fuse-sum-relu,color"
+
+
+def available() -> dict[str, type]:
+    """Built-in passes and those installed under the entry-point group ``feascomp.passes``."""
+    from importlib.metadata import entry_points
+
+    found = dict(PASSES)
+    for ep in entry_points(group=GROUP):
+        if ep.name in found:
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the compiler
+            raise FeascompError(f"pass plug-in {ep.name!r} ({ep.value}) cannot be loaded: {e}") from None
+    return found
+
+
+def pipeline_text(passes) -> str:
+    """The canonical pipeline string of pass objects (options that differ from defaults)."""
+    parts = []
+    for p in passes:
+        opts = []
+        for f in dataclasses.fields(p):
+            v = getattr(p, f.name)
+            if f.default is dataclasses.MISSING or v != f.default:
+                opts.append(f"{f.name}={str(v).lower() if isinstance(v, bool) else v}")
+        parts.append(p.name + ("{" + ",".join(opts) + "}" if opts else ""))
+    return ",".join(parts)
 
 
 def _value(text: str):
@@ -44,9 +73,10 @@ def parse_pipeline(text: str, **defaults) -> list:
         if not m.group(1):
             continue
         name, opts = m.group(1), m.group(2)
-        cls = PASSES.get(name)
+        registry = available()
+        cls = registry.get(name)
         if cls is None:
-            raise FeascompError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
+            raise FeascompError(f"unknown pass {name!r}; available: {', '.join(sorted(registry))}")
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in defaults.items() if k in fields}
         if opts:
@@ -69,22 +99,45 @@ def verify(module) -> None:
         tensor.verify(module)
 
 
-def run_pipeline(module, passes, *, verify_each: bool = True, after: Callable | None = None, timings: dict | None = None):
-    """Run passes in order; ``after(pass, module)`` is called after each (for printing)."""
+def run_pipeline(module, passes, *, verify_each: bool = True, after: Callable | None = None, timings: dict | None = None,
+                 reproducer_dir: str | None = None):
+    """Run passes in order; ``after(pass, module)`` is called after each (for printing).
+
+    A pass that raises, or whose output fails the verifier, is reported by name; with
+    ``reproducer_dir`` the IR it received is written there (atomically) so that
+    ``feascomp opt FILE --passes NAME`` re-runs exactly the failing step."""
+    from ..ir.text import print_feasibility, print_tensor
+
     for p in passes:
         want = getattr(p, "input_level", None)
         have = "feasibility" if isinstance(module, FeasModule) else "tensor"
         if want and want != have:
             raise FeascompError(f"pass {p.name!r} runs on {want} IR, but the pipeline gives it {have} IR")
         t0 = time.perf_counter()
-        module = p.run(module)
+        try:
+            out = p.run(module)
+            if verify_each:
+                verify(out)
+        except FeascompError as e:
+            note = None
+            if reproducer_dir is not None:
+                path = _write_reproducer(reproducer_dir, p, print_tensor(module) if have == "tensor" else print_feasibility(module))
+                note = f"the IR the pass received is in {path}; re-run: feascomp opt {path} --passes '{pipeline_text([p])}'"
+            raise FeascompError(f"pass {p.name!r} failed: {e.message}", e.loc, note=note) from None
         if timings is not None:
             timings[p.name] = timings.get(p.name, 0.0) + time.perf_counter() - t0
-        if verify_each:
-            try:
-                verify(module)
-            except FeascompError as e:
-                raise FeascompError(f"IR after pass {p.name!r} does not verify: {e.message}", e.loc) from None
+        module = out
         if after is not None:
             after(p, module)
     return module
+
+
+def _write_reproducer(folder: str, p, text: str) -> str:
+    import os
+
+    from ..train import atomic_write
+
+    path = os.path.join(folder, f"feascomp-reproducer-{p.name}.ir")
+    header = f"// reproducer: the input of pass {pipeline_text([p])}\n"
+    atomic_write(path, lambda fh: fh.write((header + text).encode()))
+    return path

@@ -39,6 +39,8 @@ def odd_cycle(g: nx.Graph) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ColorPass:
+    """2-colour the family graph; colour 0 holds the target."""
+
     name = "color"
     output_stage = "plan"
     input_level = "feasibility"
