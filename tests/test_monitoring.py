@@ -25,8 +25,10 @@ def test_residual_csv_and_plot(tmp_path, capsys):
     assert {"dist:W1", "dist:h", "dist:target"} <= set(fams)
     assert [r["test_accuracy"] != "" for r in rows].count(True) == 2
     # DR reads from the shadow P0(z): colour-0 consensus and function constraints hold there
+    # (to float32 rounding: W1 has 131,072 edges), while colour-1 families are off it
     for r in rows:
-        assert float(r["dist:W1"]) == 0.0 and float(r["dist:h"]) < 1e-4
+        assert float(r["dist:W1"]) < 1e-4 and float(r["dist:h"]) < 1e-4
+    assert max(float(r["dist:logits"]) for r in rows) > 1e-2
     assert main(["plot", str(csv_path), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
