@@ -9,7 +9,9 @@ them in one jitted scan). An Adam step is one jitted optax update called from Py
 on the model's own forward pass (the tensor IR evaluated by jax.numpy). Memory: peak RSS
 growth over the RSS right after loading the data. The floor: a DR step reads the big edge
 families at least twice and writes them once; 3 x state bytes / measured copy bandwidth.
-The machine is shared and noisy: compare medians and ratios.
+XLA's memory analysis of the compiled update (temporary buffers) is reported too: RSS
+growth includes the JAX runtime itself (Adam's run shows how much). The machine is shared
+and noisy: compare medians and ratios.
 """
 from __future__ import annotations
 
@@ -117,6 +119,9 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
             times.append((time.perf_counter() - t0) / steps)
         rec.update(lowering="materialized", seconds_per_step=statistics.median(times), compile_seconds=compile_s,
                    state_bytes=solver.state_bytes)
+        mem = solver.backend._compiled.memory_analysis()
+        if mem is not None:  # XLA's own accounting of the compiled update
+            rec.update(xla_temp_bytes=int(mem.temp_size_in_bytes), xla_temp_over_state=mem.temp_size_in_bytes / solver.state_bytes)
     rec.update(peak_rss_mb=peak_mb(), rss_growth_mb=peak_mb() - base)
     return rec
 
@@ -152,12 +157,13 @@ def main():
     adam = {r["model"]: r["seconds_per_step"] for r in results if r["algorithm"] == "adam"}
     if not args.json:
         print(f"copy bandwidth {bw / 1e9:.1f} GB/s; batch {args.batch}; K = {args.steps}; median over {args.updates} updates")
-        print(f"{'model':18s} {'alg':5s} {'ms/step':>9s} {'x Adam':>7s} {'state MB':>9s} {'RSS+ MB':>8s} {'/floor':>7s}")
+        print(f"{'model':18s} {'alg':5s} {'ms/step':>9s} {'x Adam':>7s} {'state MB':>9s} {'RSS+ MB':>8s} {'XLA tmp MB':>10s} {'/floor':>7s}")
         for r in results:
             ratio = r["seconds_per_step"] / adam[r["model"]] if r["model"] in adam else float("nan")
             floor = f"{r['time_over_floor']:.1f}" if "time_over_floor" in r else ""
+            tmp = f"{r['xla_temp_bytes'] / 2**20:.0f}" if "xla_temp_bytes" in r else ""
             print(f"{r['model']:18s} {r['algorithm']:5s} {r['seconds_per_step'] * 1e3:9.2f} {ratio:7.1f} "
-                  f"{r['state_bytes'] / 2**20:9.1f} {r['rss_growth_mb']:8.0f} {floor:>7s}")
+                  f"{r['state_bytes'] / 2**20:9.1f} {r['rss_growth_mb']:8.0f} {tmp:>10s} {floor:>7s}")
 
 
 if __name__ == "__main__":

@@ -32,20 +32,6 @@ def _norm(xp, a, b):
 
 
 @dataclasses.dataclass(frozen=True)
-class AlternatingProjections:
-    name = "ap"
-    uses_layers = False
-
-    def step(self, xp, project: Callable, z):
-        p0 = project(0, z)
-        p1 = project(1, p0)
-        return p1, _norm(xp, p1, p0)
-
-    def shadow(self, project, z):
-        return z
-
-
-@dataclasses.dataclass(frozen=True)
 class DouglasRachford:
     name = "dr"
     uses_layers = False
@@ -77,6 +63,15 @@ class CyclicProjections:
 
     def shadow(self, project, z):
         return z
+
+
+@dataclasses.dataclass(frozen=True)
+class AlternatingProjections(CyclicProjections):
+    """AP is CP over the two colours: P1(P0(z))."""
+
+    name = "ap"
+    classes: int = 2
+    uses_layers = False
 
 
 @dataclasses.dataclass(frozen=True)
