@@ -51,15 +51,6 @@ def while_loop(xp, cond: Callable, body: Callable, state):
     return lax.while_loop(cond, body, state)
 
 
-def cond(xp, pred, true_fn, false_fn, *operands):
-    """lax.cond for jax.numpy (only the taken branch runs), an if for NumPy."""
-    if xp is np:
-        return true_fn(*operands) if bool(pred) else false_fn(*operands)
-    from jax import lax
-
-    return lax.cond(pred, true_fn, false_fn, *operands)
-
-
 def eps(dtype) -> float:
     return float(np.finfo(np.dtype(dtype)).eps)
 
