@@ -44,18 +44,19 @@ def test_print_ir_after_flags_and_timing(capsys):
     err = capsys.readouterr().err
     assert [l for l in err.splitlines() if "IR Dump After" in l] == [
         "// -----// IR Dump After scalarize //----- //", "// -----// IR Dump After fuse-sum-relu //----- //",
-        "// -----// IR Dump After color //----- //"]
+        "// -----// IR Dump After insert-identities //----- //", "// -----// IR Dump After color //----- //"]
     assert "Pass execution timing report" in err and "scalarize" in err
     # a pass that changes nothing is not printed with --print-ir-after-change
     assert main(["opt", "examples/digits_sign.fc", "--batch-size", "2", "--print-ir-after-change"]) == 0
     err = capsys.readouterr().err
-    assert "After fuse-sum-relu" not in err and "After scalarize" in err
+    assert "After fuse-sum-relu" not in err and "After insert-identities" not in err and "After scalarize" in err
 
 
 def test_failing_pass_writes_a_reproducer(tmp_path, capsys):
     model = tmp_path / "bad.fc"
     model.write_text(NON_BIPARTITE)
-    assert main(["opt", str(model), "--batch-size", "2", "--reproducer-dir", str(tmp_path)]) == 2
+    no_identities = "scalarize,fuse-sum-relu,color"  # the default pipeline would insert one
+    assert main(["opt", str(model), "--batch-size", "2", "--passes", no_identities, "--reproducer-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "pass 'color' failed" in err and "not bipartite" in err
     repro = tmp_path / "feascomp-reproducer-color.ir"
@@ -67,4 +68,11 @@ def test_failing_pass_writes_a_reproducer(tmp_path, capsys):
 def test_passes_lists_the_builtins(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    assert {"scalarize", "fuse-sum-relu", "color"} <= {line.split()[0] for line in out.splitlines()}
+    assert {"scalarize", "fuse-sum-relu", "insert-identities", "color"} <= {line.split()[0] for line in out.splitlines()}
+
+
+def test_default_pipeline_makes_the_residual_model_bipartite(tmp_path, capsys):
+    model = tmp_path / "res.fc"
+    model.write_text(NON_BIPARTITE)
+    assert main(["opt", str(model), "--batch-size", "2"]) == 0
+    assert "1 identity families inserted" in capsys.readouterr().out

@@ -156,3 +156,61 @@ def test_chained_sums_are_flattened_into_one():
     assert len(sums) == 1 and sums[0].ports == (("x", 4),)
     slots = sorted((e.start, e.src) for e in plan.in_edges(sums[0].name))
     assert [s for s, _ in slots] == [0, 1, 2, 3]
+
+
+def brute_force_min_identities(m) -> int:
+    """The fewest edge families whose subdivision makes the graph bipartite, by trying
+    subsets in increasing size (independent of the pass's colouring search)."""
+    import networkx as nx
+
+    edges = [(e.src, e.dst) for e in m.edges]
+    for k in range(len(edges) + 1):
+        for subset in itertools.combinations(range(len(edges)), k):
+            g = nx.Graph()
+            for i, (u, v) in enumerate(edges):
+                if i in subset:
+                    g.add_edge(u, ("mid", i))
+                    g.add_edge(("mid", i), v)
+                else:
+                    g.add_edge(u, v)
+            if nx.is_bipartite(g):
+                return k
+    raise AssertionError("unreachable")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.booleans(), min_size=n * (n - 1) // 2, max_size=n * (n - 1) // 2))),
+       st.integers(0, 2**31 - 1))
+def test_insert_identities_is_minimal_and_preserves_values(case, seed):
+    from feascomp.passes.insert_identities import InsertIdentitiesPass
+
+    n, bits = case
+    m, _ = random_dag(n, bits)
+    out = InsertIdentitiesPass().run(m)
+    feasibility.verify(out)
+    added = [f for f in out.families if f.kind == "identity"]
+    assert len(added) == out.attr("identities", 0) == brute_force_min_identities(m)
+    coloured = ColorPass().run(out)  # bipartite now: colouring succeeds
+    assert all(coloured.colour(e.src) != coloured.colour(e.dst) for e in coloured.edges)
+    x = np.random.default_rng(seed).normal(size=(1,))
+    before = Program(m).forward_values(np, {}, {"f0": x})
+    after = Program(out).forward_values(np, {}, {"f0": x})
+    for f in m.families:
+        if f.kind != "target":
+            np.testing.assert_allclose(after[f.name], before[f.name], rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(mlps, st.booleans())
+def test_mlps_and_readouts_get_no_identities(case, readout):
+    widths, bias, batch, _ = case
+    plan = run_pipeline(parse_model(mlp_source(widths, bias, readout)), parse_pipeline("scalarize,fuse-sum-relu,insert-identities,color", batch=batch))
+    assert not any(f.kind == "identity" for f in plan.families)
+
+
+def test_residual_example_gets_one_identity():
+    import feascomp
+
+    solver = feascomp.compile("examples/digits_residual.fc", batch_size=4)
+    assert solver.plan.attr("identities") == 1
+    assert "1 identity families inserted" in solver.dump("plan")

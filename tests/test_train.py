@@ -154,3 +154,14 @@ def test_weighted_projection_is_selectable(digits):
         params, _, _ = solver.update(solver.init(solver.init_params(0)), x, y)
         out[weighted] = np.asarray(params["W1"])
     assert not np.allclose(out[False], out[True])  # sum_relu's out-degree is 10, not 1
+
+
+def test_residual_model_trains_by_dr(digits):
+    """A skip connection makes paths of different parity; one identity family fixes it."""
+    solver = feascomp.compile("examples/digits_residual.fc", batch_size=64, steps=50)
+    state = solver.init(solver.init_params(0))
+    order = data.batches(1400, 64, np.random.default_rng(0))
+    for _ in range(30):
+        idx = next(order)
+        params, state, _ = solver.update(state, digits.x_train[idx], digits.y_train[idx])
+    assert solver.accuracy(params, digits.x_test, digits.y_test) >= 0.80

@@ -85,7 +85,8 @@ def print_plan(m: FeasModule) -> str:
         out.append(f"{line}  {stats[name]}" if name in stats else line)
     total = sum(e.type.nbytes for e in m.edges)
     colours = sorted({f.attr("colour") for f in m.families})
-    summary = [f"// {len(m.families)} families, {len(m.edges)} edge families, {sum(e.type.size for e in m.edges)} scalar edges, state {total} B"]
+    summary = [f"// {len(m.families)} families, {len(m.edges)} edge families, {sum(e.type.size for e in m.edges)} scalar edges, "
+               f"state {total} B, {m.attr('identities', 0)} identity families inserted"]
     for c in colours:
         members = [f"%{f.name}" for f in m.families if f.attr("colour") == c]
         summary.append(f"// colour {c}{' (target; projected first)' if c == 0 else ''}: {', '.join(members)}")

@@ -17,12 +17,13 @@ from ..ir import feasibility, tensor
 from ..ir.feasibility import FeasModule
 from .color import ColorPass
 from .fuse_sum_relu import FuseSumReluPass
+from .insert_identities import InsertIdentitiesPass
 from .scalarize import ScalarizePass
 
-PASSES: dict[str, type] = {p.name: p for p in (ScalarizePass, FuseSumReluPass, ColorPass)}
+PASSES: dict[str, type] = {p.name: p for p in (ScalarizePass, FuseSumReluPass, InsertIdentitiesPass, ColorPass)}
 GROUP = "feascomp.passes"
 
-DEFAULT_PIPELINE = "scalarize,fuse-sum-relu,color"
+DEFAULT_PIPELINE = "scalarize,fuse-sum-relu,insert-identities,color"
 
 
 def available() -> dict[str, type]:
