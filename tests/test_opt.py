@@ -28,7 +28,7 @@ def test_opt_runs_on_ir_text(tmp_path, capsys):
     ir = tmp_path / "m.ir"
     ir.write_text(capsys.readouterr().out)
     assert main(["opt", str(ir), "--passes", "color"]) == 0
-    assert "{colour = 0}" in capsys.readouterr().out
+    assert "lam = 5.0, colour = 0, layer = 0}" in capsys.readouterr().out  # the target: colour 0, layer 0
 
 
 @pytest.mark.parametrize("text", ["scalarize{batch=7},fuse-sum-relu,color", "scalarize,color", "fuse-sum-relu"])

@@ -52,18 +52,17 @@ class Program:
             out = plan.out_edges(f.name)
             info = _FamilyInfo(f, ins, out, self._degree(f, out))
             if f.is_function:
-                info.prim = get(f.kind, **{k: v for k, v in f.attrs if k != "colour"})
+                info.prim = get(f.kind, **f.options())
             elif f.kind == "target":
-                opts = {k: v for k, v in f.attrs if k not in ("kind", "colour")}
+                opts = f.options()
                 opts.update(loss_options or {})
                 info.prim = get(f.attr("kind"), **opts)
             self.info[f.name] = info
         self.colours = sorted({f.attr("colour") for f in plan.families})
         self.by_colour = {c: [f.name for f in plan.families if f.attr("colour") == c] for c in self.colours}
-        self.layers = self._layers()
         if schedule not in ("colours", "layers"):
             raise ValueError(f"schedule must be 'colours' or 'layers', not {schedule!r}")
-        self.classes = [self.by_colour[c] for c in self.colours] if schedule == "colours" else self.layers
+        self.classes = [self.by_colour[c] for c in self.colours] if schedule == "colours" else self._layers()
         self.order = self._topological()
         self.params = [f.name for f in plan.families if f.kind == "param"]
         self.consts = [f.name for f in plan.families if f.kind == "const"]
@@ -83,17 +82,12 @@ class Program:
         return deg
 
     def _layers(self) -> list[list[str]]:
-        """Backward-BFS layers from the target (CP's order). Each layer is an independent
-        set of a bipartite graph; families not reachable from the target come last."""
-        from ..passes.color import family_graph
-        import networkx as nx
-
-        target = next(f.name for f in self.plan.families if f.kind == "target")
-        dist = nx.single_source_shortest_path_length(family_graph(self.plan), target)
-        depth = max(dist.values()) + 1
-        layers = [[f.name for f in self.plan.families if dist.get(f.name) == d] for d in range(depth)]
-        rest = [f.name for f in self.plan.families if f.name not in dist]
-        return layers + ([rest] if rest else [])
+        """CP's ordered classes: the plan's ``layer`` attributes (backward-BFS layers from
+        the target, set by the color pass), in order."""
+        layer = {f.name: f.attr("layer") for f in self.plan.families}
+        if any(v is None for v in layer.values()):
+            raise ValueError("the plan has no CP layers; run the color pass")
+        return [[n for n in layer if layer[n] == d] for d in sorted(set(layer.values()))]
 
     def _topological(self) -> list[str]:
         import networkx as nx

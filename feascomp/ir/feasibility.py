@@ -31,6 +31,7 @@ from ..errors import FeascompError, Loc
 from .types import TensorType
 
 FAMILY_KINDS = ("const", "param", "target")  # any other kind names a function primitive
+PLAN_ATTRS = ("colour", "layer")  # set by passes; every other family attribute is a primitive option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,10 @@ class Family:
 
     def attr(self, key, default=None):
         return dict(self.attrs).get(key, default)
+
+    def options(self) -> dict:
+        """The primitive's options (a target's: its loss options)."""
+        return {k: v for k, v in self.attrs if k not in PLAN_ATTRS and k not in ("kind", "init")}
 
     def port_length(self, port: str) -> int:
         return dict(self.ports)[port]

@@ -77,7 +77,7 @@ def print_plan(m: FeasModule) -> str:
         ins = sum(e.type.size for e in m.in_edges(f.name))
         outs = sum(e.type.size for e in m.out_edges(f.name))
         nbytes = sum(e.type.nbytes for e in m.in_edges(f.name))
-        stats[f.name] = f"// colour {f.attr('colour')}, {f.type.size} nodes, {ins} in-edges, {outs} out-edges, state {nbytes} B"
+        stats[f.name] = f"// colour {f.attr('colour')}, layer {f.attr('layer')}, {f.type.size} nodes, {ins} in-edges, {outs} out-edges, state {nbytes} B"
     out = []
     for line in body:
         s = line.strip()

@@ -2,10 +2,12 @@
 
 Families are adjacent when an edge family joins them. Since every scalar edge runs between
 two families, a proper colouring of the (small) family graph colours the scalar graph.
-Colour 0 holds the target and is projected first. A graph that is not bipartite is an
-error naming an odd cycle (``insert-identities`` makes graphs bipartite).
+Colour 0 holds the target and is projected first. Each family also gets a ``layer``: its
+BFS distance from the target, CP's ordered classes (in a bipartite graph each layer lies
+within one colour class). A graph that is not bipartite is an error naming an odd cycle
+(``insert-identities`` makes graphs bipartite).
 
-    %h = sum_relu(x: 2) : f32[256, 128]   ==>   %h = sum_relu(x: 2) {colour = 0} : f32[256, 128]
+    %h = sum_relu(x: 2) : f32[256, 128]   ==>   %h = sum_relu(x: 2) {colour = 0, layer = 2} : f32[256, 128]
 """
 from __future__ import annotations
 
@@ -56,12 +58,20 @@ class ColorPass:
             )
         target = next(f.name for f in m.families if f.kind == "target")
         colour: dict[str, int] = {}
+        layer: dict[str, int] = {}
+        reach = nx.single_source_shortest_path_length(g, target)
         for comp in sorted(nx.connected_components(g), key=lambda c: target not in c):
             root = target if target in comp else min(comp)
             for n, d in nx.single_source_shortest_path_length(g.subgraph(comp), root).items():
                 colour[n] = d % 2
+        depth = max(reach.values()) + 1
+        for f in m.families:  # CP's classes: backward-BFS layers from the target (unreachable last)
+            layer[f.name] = reach.get(f.name, depth)
         fams = tuple(
-            dataclasses.replace(f, attrs=tuple((k, v) for k, v in f.attrs if k != "colour") + (("colour", colour[f.name]),))
+            dataclasses.replace(
+                f, attrs=tuple((k, v) for k, v in f.attrs if k not in ("colour", "layer"))
+                + (("colour", colour[f.name]), ("layer", layer[f.name]))
+            )
             for f in m.families
         )
         return m.replace(families=fams)
