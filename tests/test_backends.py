@@ -80,3 +80,10 @@ def test_backends_are_discoverable():
     assert {"jax", "numpy"} <= set(backends.available())
     with pytest.raises(feascomp.FeascompError, match="unknown backend"):
         backends.load("tpu9000")
+
+
+def test_numpy_backend_refuses_large_models(capsys):
+    from feascomp.cli import main
+
+    assert main(["train", "examples/mnist_mlp.fc", "--backend", "numpy", "--updates", "1"]) == 2
+    assert "per-scalar reference for small models" in capsys.readouterr().err

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import FeascompError
 from .scalar_graph import ScalarGraph
+
+MAX_SCALAR_EDGES = 1_000_000
 
 
 class NumpyBackend:
     name = "numpy"
 
     def __init__(self, solver):
+        edges = sum(e.type.size for e in solver.plan.edges)
+        if edges > MAX_SCALAR_EDGES:
+            raise FeascompError(
+                f"the numpy backend is a per-scalar reference for small models; this one has {edges:,} scalar "
+                f"edges (limit {MAX_SCALAR_EDGES:,}): use --backend jax, or a smaller model or batch"
+            )
         self.solver = solver
         self.graph = ScalarGraph(solver.tensor, solver.batch_size, weighted=solver.weighted, loss_options=solver.loss_options)
         self.classes = self.graph.by_layer if solver.algorithm.uses_layers else self.graph.by_colour
