@@ -27,3 +27,18 @@ def mlp_source(widths, bias, readout=False, loss="cross_entropy(logits)", dtype=
         lines.append(f"output logits = {h} @ W{hidden}")
     lines.append(f"loss {loss}")
     return "\n".join(lines) + "\n"
+
+
+def fit(solver, ds, updates, seed=0, params=None):
+    """``updates`` solver updates over shuffled full batches of ds's training split;
+    returns (params, state, info) of the last update."""
+    import numpy as np
+
+    from feascomp import data
+
+    state = solver.init(params if params is not None else solver.init_params(0))
+    order = data.batches(len(ds.x_train), solver.batch_size, np.random.default_rng(seed))
+    for _ in range(updates):
+        idx = next(order)
+        params, state, info = solver.update(state, ds.x_train[idx], ds.y_train[idx])
+    return params, state, info

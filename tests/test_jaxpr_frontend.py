@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import feascomp
+from models import fit
 from feascomp import data
 from feascomp.cli import main
 
@@ -105,11 +106,7 @@ def test_same_iterates_as_the_fc_model(fc_solver, digits):
 def test_every_spelling_trains(fn, fc_solver, digits):
     p0 = fc_solver.init_params(0)
     s = feascomp.compile(fn, p0, digits.x_train[0], batch_size=64, steps=50)
-    state = s.init(p0)
-    order = data.batches(1400, 64, np.random.default_rng(0))
-    for _ in range(25):
-        idx = next(order)
-        params, state, _ = s.update(state, digits.x_train[idx], digits.y_train[idx])
+    params, state, _ = fit(s, digits, 25, seed=0, params=p0)
     assert set(params) == {"W1", "b1", "W2"}
     assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
 
@@ -181,9 +178,5 @@ def test_flax_linen_mlp_trains(digits):
     model = MLP()
     params = model.init(jax.random.PRNGKey(0), jnp.zeros(64))
     s = feascomp.compile(model.apply, params, digits.x_train[0], batch_size=64, steps=50)
-    state = s.init(params)
-    order = data.batches(1400, 64, np.random.default_rng(0))
-    for _ in range(25):
-        idx = next(order)
-        params, state, _ = s.update(state, digits.x_train[idx], digits.y_train[idx])
+    params, state, _ = fit(s, digits, 25, seed=0, params=params)
     assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import feascomp
+from models import fit
 from feascomp import data
 from feascomp.cli import main
 from feascomp.train import load_params
@@ -137,11 +138,7 @@ loss cross_entropy(logits)
     path = tmp_path / "m.fc"
     path.write_text(src)
     solver = feascomp.compile(str(path), batch_size=64, steps=20)
-    state = solver.init(solver.init_params(0))
-    order = data.batches(1400, 64, np.random.default_rng(0))
-    for _ in range(10):
-        idx = next(order)
-        params, state, info = solver.update(state, digits.x_train[idx], digits.y_train[idx])
+    params, state, info = fit(solver, digits, 10, seed=0)
     assert np.all(np.isfinite(np.asarray(info["residual"])))
     assert solver.accuracy(params, digits.x_test, digits.y_test) > 0.3  # well above chance (0.1)
 
@@ -159,9 +156,5 @@ def test_weighted_projection_is_selectable(digits):
 def test_residual_model_trains_by_dr(digits):
     """A skip connection makes paths of different parity; one identity family fixes it."""
     solver = feascomp.compile("examples/digits_residual.fc", batch_size=64, steps=50)
-    state = solver.init(solver.init_params(0))
-    order = data.batches(1400, 64, np.random.default_rng(0))
-    for _ in range(30):
-        idx = next(order)
-        params, state, _ = solver.update(state, digits.x_train[idx], digits.y_train[idx])
+    params, state, _ = fit(solver, digits, 30, seed=0)
     assert solver.accuracy(params, digits.x_test, digits.y_test) >= 0.80

@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 
-from ..errors import FeascompError, Loc, loc_in
+from ..errors import FeascompError, Loc
 
 
 def _located(exc: BaseException, path: str) -> Loc:

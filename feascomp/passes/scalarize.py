@@ -94,7 +94,7 @@ class _Scalarize:
 
     def op_matmul(self, op):
         u, w = op.operands
-        tu, tw = self.types[u], self.types[w]
+        tu = self.types[u]
         k = tu.shape[-1]
         f = self.family(op, "dot", ports=(("a", k), ("b", k)))
         r = tu.rank  # node axes: batch, u's leading axes (r - 1), then j; edge adds k at r + 1
