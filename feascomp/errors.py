@@ -56,3 +56,26 @@ def loc_in(file: str, text: str, line: int, col: int) -> Loc:
     lines = text.splitlines()
     src = lines[line - 1] if 0 < line <= len(lines) else None
     return Loc(file, line, col, src)
+
+
+def loc_from_traceback(exc: BaseException, file: str | None = None) -> Loc | None:
+    """Where user code raised ``exc``: the deepest frame in ``file`` if given, else the
+    deepest frame outside feascomp and installed packages (the user's own code)."""
+    import os
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.lineno and (file is None or os.path.abspath(exc.filename or "") == os.path.abspath(file)):
+        return Loc(file or exc.filename, exc.lineno, exc.offset or 1, (exc.text or "").rstrip("\n"))
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def is_user(filename: str) -> bool:
+        path = os.path.abspath(filename)
+        if file is not None:
+            return path == os.path.abspath(file)
+        return not path.startswith(package) and "site-packages" not in path and not filename.startswith("<")
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if is_user(f.filename)]
+    if not frames:
+        return Loc(file) if file else None
+    f = frames[-1]
+    return Loc(f.filename, f.lineno or 0, (getattr(f, "colno", None) or 0) + 1, f.line)

@@ -92,14 +92,10 @@ def compile(  # noqa: A001  (the public name users expect)
         except FeascompError:
             raise
         except Exception as e:  # noqa: BLE001 - an error in the user's function while tracing
-            import traceback
+            from .errors import loc_from_traceback
 
-            frames = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename
-                      and "/feascomp/" not in f.filename.replace("\\", "/")]
-            from .errors import Loc
-
-            loc = Loc(frames[-1].filename, frames[-1].lineno or 0, 1, frames[-1].line) if frames else None
-            raise FeascompError(f"tracing the model function failed: {type(e).__name__}: {e}", loc) from None
+            raise FeascompError(f"tracing the model function failed: {type(e).__name__}: {e}",
+                                loc_from_traceback(e)) from None
         loss_options = None  # now part of the IR
     else:
         tensor = load_model(model)

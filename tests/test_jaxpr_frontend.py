@@ -180,3 +180,14 @@ def test_flax_linen_mlp_trains(digits):
     s = feascomp.compile(model.apply, params, digits.x_train[0], batch_size=64, steps=50)
     params, state, _ = fit(s, digits, 25, seed=0, params=params)
     assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
+
+
+def test_exception_in_the_users_function_is_located(fc_solver, digits):
+    def f(p, x):
+        return x @ p["W9"]  # no such parameter
+
+    with pytest.raises(feascomp.FeascompError) as e:
+        feascomp.compile(f, fc_solver.init_params(0), digits.x_train[0])
+    err = e.value
+    assert "tracing the model function failed: KeyError" in err.message
+    assert err.loc.file == __file__ and 'p["W9"]' in err.loc.source_line

@@ -38,6 +38,11 @@ class _FamilyInfo:
     degree: Any  # float if uniform, else np.ndarray shaped like the family; 0 = no out-edges
     prim: Any = None
 
+    @property
+    def divisor(self):
+        """The degree to divide sums of outgoing edges by (at least 1 where it is an array)."""
+        return self.degree if isinstance(self.degree, float) else np.maximum(self.degree, 1)
+
 
 class Program:
     def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None, schedule: str = "colours"):
@@ -134,10 +139,8 @@ class Program:
         for e in info.out:
             t = e.map.transpose(xp, z[e.key])
             total = t if total is None else total + t
-        deg = info.degree
-        if isinstance(deg, float):
-            return total / deg
-        return total / xp.asarray(np.maximum(deg, 1), total.dtype)
+        div = info.divisor
+        return total / (div if isinstance(div, float) else xp.asarray(div, total.dtype))
 
     def _write_out(self, xp, info, value, new: dict):
         for e in info.out:
@@ -165,9 +168,9 @@ class Program:
                 out = info.prim.prox(logits, data["__labels__"])
                 self._scatter(xp, es, n, out, new)
             else:
-                ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
                 if not info.out:
                     continue  # output unconstrained: the inputs are already feasible
+                ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
                 ybar = self._mean_out(xp, info, z)
                 w = self._weight(xp, info, ybar.dtype)
                 new_ins, y = info.prim.project(ins, ybar, w)
@@ -179,8 +182,8 @@ class Program:
     def _weight(self, xp, info, dtype):
         if not self.weighted:
             return 1.0
-        deg = info.degree
-        return deg if isinstance(deg, float) else xp.asarray(np.maximum(deg, 1), dtype)
+        div = info.divisor
+        return div if isinstance(div, float) else xp.asarray(div, dtype)
 
     @staticmethod
     def _scatter(xp, edges, n, x, new):

@@ -5,20 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import traceback
 
-from ..errors import FeascompError, Loc
-
-
-def _located(exc: BaseException, path: str) -> Loc:
-    """The deepest frame of the traceback that lies in the user's file."""
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        return Loc(path, exc.lineno, exc.offset or 1, (exc.text or "").rstrip("\n"))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
-    if frames:
-        f = frames[-1]
-        return Loc(path, f.lineno or 0, (getattr(f, "colno", None) or 0) + 1, f.line)
-    return Loc(path)
+from ..errors import FeascompError, Loc, loc_from_traceback
 
 
 def load_function(spec: str, init_name: str | None, seed: int):
@@ -33,7 +21,7 @@ def load_function(spec: str, init_name: str | None, seed: int):
         sys.modules[modname] = module
         mspec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - the user's code: report it, located
-        raise FeascompError(f"cannot load the model module: {type(e).__name__}: {e}", _located(e, path)) from None
+        raise FeascompError(f"cannot load the model module: {type(e).__name__}: {e}", loc_from_traceback(e, path)) from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise FeascompError(f"{path} defines no function {name!r}", Loc(path))
@@ -45,5 +33,5 @@ def load_function(spec: str, init_name: str | None, seed: int):
     try:
         params = init(seed)
     except Exception as e:  # noqa: BLE001
-        raise FeascompError(f"the initialiser failed: {type(e).__name__}: {e}", _located(e, path)) from None
+        raise FeascompError(f"the initialiser failed: {type(e).__name__}: {e}", loc_from_traceback(e, path)) from None
     return fn, params
