@@ -39,6 +39,11 @@ class _FamilyInfo:
     prim: Any = None
 
     @property
+    def has_unused(self) -> bool:
+        """Some (not all) nodes have no outgoing edge (a pixel a stride skips)."""
+        return not isinstance(self.degree, float) and bool(np.any(self.degree == 0))
+
+    @property
     def divisor(self):
         """The degree to divide sums of outgoing edges by (at least 1 where it is an array)."""
         return self.degree if isinstance(self.degree, float) else np.maximum(self.degree, 1)
@@ -80,7 +85,7 @@ class Program:
             return 0.0
         deg = np.zeros(f.type.shape)
         for e in out:
-            deg = deg + e.map.transpose(np, np.ones(e.type.shape))
+            deg = deg + e.map.transpose(np, np.ones(e.type.shape), f.type.shape)
         flat = deg.reshape(-1)
         if flat.size and np.all(flat == flat[0]):
             return float(flat[0])
@@ -137,7 +142,7 @@ class Program:
     def _mean_out(self, xp, info: _FamilyInfo, z: dict):
         total = None
         for e in info.out:
-            t = e.map.transpose(xp, z[e.key])
+            t = e.map.transpose(xp, z[e.key], info.family.type.shape)
             total = t if total is None else total + t
         div = info.divisor
         return total / (div if isinstance(div, float) else xp.asarray(div, total.dtype))
@@ -172,6 +177,8 @@ class Program:
                     continue  # output unconstrained: the inputs are already feasible
                 ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
                 ybar = self._mean_out(xp, info, z)
+                if info.has_unused:  # nodes with no outgoing edge: their output is free, keep f(x)
+                    ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
                 w = self._weight(xp, info, ybar.dtype)
                 new_ins, y = info.prim.project(ins, ybar, w)
                 for (_, n, es), x in zip(info.in_ports, new_ins):

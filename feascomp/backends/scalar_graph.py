@@ -31,6 +31,7 @@ class Node:
     out: list = dataclasses.field(default_factory=list)  # outgoing edge ids
     colour: int = -1
     layer: int = -1
+    no_fuse: bool = False  # a concat's sum: takes no spliced sums (its inputs are placed slices)
 
 
 class ScalarGraph:
@@ -43,6 +44,9 @@ class ScalarGraph:
         self.types = tensor.types()
         self.params = [op.result for op in tensor.by_kind("param")]
         self.loss_options = loss_options or {}
+        self.views: dict = {}
+        self.zeros = 0
+        self.like: dict[int, int] = {}  # constant-zero node -> a node of the value it pads
         for op in tensor.ops:
             self._lower(op)
         self._fuse()
@@ -64,8 +68,48 @@ class ScalarGraph:
         self.nodes[dst].vector[port] = vector
 
     def _producer(self, value: str, b: int, idx: tuple) -> int:
-        key = (value, None, idx) if value in self.params else (value, b, idx)
-        return self.index[key]
+        """The node holding element idx of value (sample b), looking through views: reshape,
+        transpose, slice and virtual concat make no nodes of their own."""
+        op = self.views.get(value)
+        if op is None:
+            key = (value, None, idx) if value in self.params else (value, b, idx)
+            return self.index[key]
+        if op.opname == "reshape":
+            flat = np.ravel_multi_index(idx, op.type.shape)
+            return self._producer(op.operands[0], b, tuple(int(i) for i in np.unravel_index(flat, self.types[op.operands[0]].shape)))
+        if op.opname == "transpose":
+            src = [0] * len(idx)
+            for k, p in enumerate(op.attr("perm")):
+                src[p] = idx[k]
+            return self._producer(op.operands[0], b, tuple(src))
+        if op.opname == "broadcast":
+            shape = self.types[op.operands[0]].shape
+            return self._producer(op.operands[0], b, tuple(0 if shape[i] == 1 else idx[d] for i, d in enumerate(op.attr("dims"))))
+        if op.opname == "slice":
+            ax = op.attr("axis")
+            return self._producer(op.operands[0], b, idx[:ax] + (op.attr("start") + idx[ax] * op.attr("step"),) + idx[ax + 1:])
+        # a virtual concat
+        ax, pos = op.attr("axis"), idx[op.attr("axis")]
+        for v in op.operands:
+            n = self.types[v].shape[ax]
+            if pos < n:
+                return self._producer(v, b, idx[:ax] + (pos,) + idx[ax + 1:])
+            pos -= n
+        raise AssertionError(idx)
+
+    def _zero(self, b, like: int) -> int:
+        """A constant-zero node (padding, the rest of a placed concat operand). It belongs to
+        the value it pads: CP projects it in the layer of node ``like``, one of that value's
+        nodes (as the materialized lowering writes padding with the producer's own edges)."""
+        self.zeros += 1
+        nid = self._node("const", ("__zero__", b, (self.zeros,)))
+        self.like[nid] = like
+        return nid
+
+    def _virtual_concat(self, op) -> bool:
+        uses = [u for u in self.tensor.ops if op.result in u.operands]
+        return all(u.opname == "matmul" and u.operands[0] == op.result and u.operands[1] != op.result
+                   and op.attr("axis") == op.type.rank - 1 for u in uses)
 
     @staticmethod
     def _bcast(idx: tuple, shape: tuple) -> tuple:
@@ -97,9 +141,58 @@ class ScalarGraph:
                 for c in range(self.types[v].shape[0]):
                     self._edge(self._producer(v, b, (c,)), t, "logits", True)
             return
+        if kind in ("reshape", "transpose", "slice", "broadcast") or (kind == "concat" and self._virtual_concat(op)):
+            self.views[op.result] = op
+            return
         ts = [self.types[v] for v in op.operands]
         for b in samples:
             for idx in itertools.product(*map(range, op.type.shape)):
+                if kind == "concat":  # a sum node; the other operands' slots are zeros
+                    n = self._node("sum", (op.result, b, idx), get("sum"))
+                    self.nodes[n].no_fuse = True
+                    ax, pos = op.attr("axis"), idx[op.attr("axis")]
+                    for v, t in zip(op.operands, ts):
+                        inside = 0 <= pos < t.shape[ax]
+                        near = self._producer(v, b, idx[:ax] + (min(max(pos, 0), t.shape[ax] - 1),) + idx[ax + 1:])
+                        src = near if inside else self._zero(b, near)
+                        self._edge(src, n, "x", True)
+                        pos -= t.shape[ax]
+                    continue
+                if kind == "conv2d":
+                    x, w = op.operands
+                    kh, kw, c, _ = ts[1].shape
+                    (sh, sw), (top, _, left, _) = op.attr("stride"), op.attr("padding")
+                    i, j, o = idx
+                    n = self._node("dot", (op.result, b, idx), get("dot"))
+                    h, wd = ts[0].shape[:2]
+                    for di, dj, cc in itertools.product(range(kh), range(kw), range(c)):
+                        r, q = i * sh + di - top, j * sw + dj - left
+                        near = self._producer(x, b, (min(max(r, 0), h - 1), min(max(q, 0), wd - 1), cc))
+                        inside = 0 <= r < h and 0 <= q < wd
+                        self._edge(near if inside else self._zero(b, near), n, "a", True)
+                    for di, dj, cc in itertools.product(range(kh), range(kw), range(c)):
+                        self._edge(self._producer(w, b, (di, dj, cc, o)), n, "b", True)
+                    continue
+                if kind == "max_pool":
+                    (kh, kw), (sh, sw) = op.attr("window"), op.attr("stride")
+                    i, j, cc = idx
+                    n = self._node("max", (op.result, b, idx), get("max"))
+                    for di, dj in itertools.product(range(kh), range(kw)):
+                        self._edge(self._producer(op.operands[0], b, (i * sh + di, j * sw + dj, cc)), n, "x", True)
+                    continue
+                if kind == "reduce_max":
+                    axes = op.attr("axes")
+                    shape = ts[0].shape
+                    kept = [a for a in range(len(shape)) if a not in axes]
+                    n = self._node("max", (op.result, b, idx), get("max"))
+                    for red in itertools.product(*(range(shape[a]) for a in axes)):
+                        full = [0] * len(shape)
+                        for a, v in zip(kept, idx):
+                            full[a] = v
+                        for a, v in zip(axes, red):
+                            full[a] = v
+                        self._edge(self._producer(op.operands[0], b, tuple(full)), n, "x", True)
+                    continue
                 if kind == "matmul":
                     u, w = op.operands
                     n = self._node("dot", (op.result, b, idx), get("dot"))
@@ -139,7 +232,7 @@ class ScalarGraph:
                     continue
                 e = node.out[0]
                 r = self.nodes[self.dst[e]]
-                if r.prim is None or not getattr(r.prim, "fuses_sum", False) or list(r.ports) != ["x"]:
+                if r.prim is None or not getattr(r.prim, "fuses_sum", False) or list(r.ports) != ["x"] or r.no_fuse:
                     continue
                 slot = r.ports["x"].index(e)
                 r.ports["x"] = r.ports["x"][:slot] + list(node.ports["x"]) + r.ports["x"][slot + 1:]
@@ -163,6 +256,7 @@ class ScalarGraph:
             nodes.append(n)
         self.nodes = nodes
         self.index = {n.key: i for i, n in enumerate(nodes)}
+        self.like = {nmap[z]: nmap[n] for z, n in self.like.items() if n in nmap}
         self.E = len(self.src)
 
     def _colour(self):
@@ -183,6 +277,8 @@ class ScalarGraph:
         for i, n in enumerate(self.nodes):
             n.layer = dist[i] if dist[i] >= 0 else max(dist) + 1
             n.colour = n.layer % 2
+        for z, n in self.like.items():
+            self.nodes[z].layer = self.nodes[n].layer
         for s, d in zip(self.src, self.dst):
             if self.nodes[s].colour == self.nodes[d].colour:
                 raise FeascompError("the scalar graph is not bipartite")
@@ -202,7 +298,7 @@ class ScalarGraph:
             n = self.nodes[i]
             name, b, idx = n.key
             if n.kind == "const":
-                val[i] = x[(b,) + idx]
+                val[i] = 0 if name == "__zero__" else x[(b,) + idx]
             elif n.kind == "param":
                 val[i] = params[name][idx]
             elif n.kind != "target":
@@ -231,7 +327,7 @@ class ScalarGraph:
             n = self.nodes[i]
             name, b, idx = n.key
             if n.kind == "const":
-                new[n.out] = x[(b,) + idx]
+                new[n.out] = 0 if name == "__zero__" else x[(b,) + idx]
             elif n.kind == "param":
                 if n.out:
                     new[n.out] = z[n.out].mean()

@@ -26,6 +26,19 @@ from ..ir.types import DTYPES, TensorType
 
 # DSL call name -> tensor op name. Adding an elementwise op here is all the front end needs.
 FUNCTIONS = {"relu": "relu"}
+# Layers and views: DSL name -> (number of operands or None for any, {keyword: default});
+# a default of ... means the keyword is required. docs/language.md describes each.
+STRUCTURAL = {
+    "conv2d": (2, {"stride": 1, "padding": 0}),
+    "max_pool": (1, {"size": ..., "stride": None}),
+    "global_max_pool": (1, {}),
+    "reduce_max": (1, {"axes": ...}),
+    "reshape": (1, {"shape": ...}),
+    "flatten": (1, {}),
+    "transpose": (1, {"perm": ...}),
+    "concat": (None, {"axis": -1}),
+    "slice": (1, {"axis": 0, "start": 0, "stop": ..., "step": 1}),
+}
 # DSL keyword -> primitive option name (``lambda`` is reserved in Python).
 OPTION_ALIASES = {"lambda": "lam"}
 
@@ -103,6 +116,8 @@ def _pretty(term: str) -> str:
 
 
 def _literal(tok):
+    if isinstance(tok, lark.Tree):  # intlist
+        return [_literal(t) for t in tok.children if t is not None]
     if tok.type == "ESCAPED_STRING":
         return json.loads(tok)
     return float(tok) if any(c in tok for c in ".eE") else int(tok)
@@ -263,12 +278,14 @@ class _Lower:
             name = str(fn)
             positional = [a for a in args if not (isinstance(a, lark.Tree) and a.data == "kwarg")]
             kwargs = [a for a in args if isinstance(a, lark.Tree) and a.data == "kwarg"]
+            if name in STRUCTURAL:
+                return self._structural(name, positional, kwargs, node, result)
             if name in FUNCTIONS:
                 if kwargs or len(positional) != 1:
                     raise self.err(f"{fn} takes exactly one argument", fn)
                 return self._emit(FUNCTIONS[name], [self.expr(positional[0])], node, result)
             if primitive_op(name) is None:
-                available = sorted(set(FUNCTIONS) | set(names("function")))
+                available = sorted(set(FUNCTIONS) | set(STRUCTURAL) | set(names("function")))
                 raise self.err(f"unknown function {name!r}; available: {', '.join(available)}", fn)
             operands = [self.expr(a) for a in positional]
             attrs = tuple((OPTION_ALIASES.get(str(k.children[0]), str(k.children[0])), _literal(k.children[1])) for k in kwargs)
@@ -276,3 +293,108 @@ class _Lower:
         if node.data == "kwarg":
             raise self.err("a keyword argument is only allowed in a call", node)
         raise self.err(f"unsupported expression {node.data}", node)
+
+    # layers and views -----------------------------------------------------------------------
+    def _structural(self, name, positional, kwargs, node, result):
+        arity, defaults = STRUCTURAL[name]
+        fn = node.children[0]
+        if arity is not None and len(positional) != arity:
+            raise self.err(f"{name} takes {arity} positional argument(s), got {len(positional)}", fn)
+        if arity is None and not positional:
+            raise self.err(f"{name} needs at least one operand", fn)
+        got, where = {}, {}
+        for kw in kwargs:
+            key = str(kw.children[0])
+            if key not in defaults:
+                known = ", ".join(defaults) or "none"
+                raise self.err(f"{name} has no keyword {key!r} (keywords: {known})", kw)
+            got[key], where[key] = _literal(kw.children[1]), kw.children[1]
+        opts = {k: got.get(k, v) for k, v in defaults.items()}
+        for k, v in opts.items():
+            if v is ...:
+                raise self.err(f"{name} needs the keyword {k!r}", fn)
+        operands = [self.expr(a) for a in positional]
+        ts = [self.types[v] for v in operands]
+
+        def bad(key, msg):
+            return self.err(msg, where.get(key, fn))
+
+        def ints(key, n=None):
+            v = opts[key]
+            v = [v] if isinstance(v, int) and n else v
+            if not isinstance(v, list) or not all(isinstance(a, int) for a in v):
+                raise bad(key, f"{name}: {key} must be {'an integer or ' if n else ''}a list of integers")
+            if n and len(v) == 1:
+                v = v * n
+            if n and len(v) != n:
+                raise bad(key, f"{name}: {key} needs {n} integers, got {len(v)}")
+            return v
+
+        def axis(key, rank):
+            v = opts[key]
+            if not isinstance(v, int) or not -rank <= v < rank:
+                raise bad(key, f"{name}: {key} must be an axis of a rank-{rank} value, got {v!r}")
+            return v % rank
+
+        if name == "conv2d":
+            stride = ints("stride", 2)
+            k = ts[1].shape[:2] if ts[1].rank == 4 else (1, 1)
+            padding = self._padding(opts["padding"], k, stride, ts[0], where.get("padding", fn), name)
+            return self._emit("conv2d", operands, node, result, (("stride", stride), ("padding", padding)))
+        if name == "max_pool":
+            size = ints("size", 2)
+            stride = ints("stride", 2) if opts["stride"] is not None else size
+            return self._emit("max_pool", operands, node, result, (("window", size), ("stride", stride)))
+        if name == "global_max_pool":
+            if ts[0].rank != 3:
+                raise self.err(f"global_max_pool needs a [height, width, channels] value, got {ts[0]}", positional[0])
+            return self._emit("reduce_max", operands, node, result, (("axes", [0, 1]),))
+        if name == "reduce_max":
+            axes = [a % ts[0].rank if -ts[0].rank <= a < ts[0].rank else a for a in ints("axes")]
+            return self._emit("reduce_max", operands, node, result, (("axes", axes),))
+        if name == "reshape":
+            return self._emit("reshape", operands, node, result, (("shape", ints("shape")),))
+        if name == "flatten":
+            return self._emit("reshape", operands, node, result, (("shape", [ts[0].size]),))
+        if name == "transpose":
+            return self._emit("transpose", operands, node, result, (("perm", ints("perm")),))
+        if name == "concat":
+            return self._emit("concat", operands, node, result, (("axis", axis("axis", ts[0].rank)),))
+        if name == "slice":
+            ax = axis("axis", ts[0].rank)
+            n = ts[0].shape[ax]
+            bounds = []
+            for key in ("start", "stop"):
+                v = opts[key]
+                if not isinstance(v, int):
+                    raise bad(key, f"slice: {key} must be an integer")
+                bounds.append(v + n if v < 0 else v)
+            step = opts["step"]
+            if not isinstance(step, int) or step < 1:
+                raise bad("step", "slice: step must be a positive integer")
+            return self._emit("slice", operands, node, result,
+                              (("axis", ax), ("start", bounds[0]), ("stop", bounds[1]), ("step", step)))
+        raise AssertionError(name)
+
+    def _padding(self, v, k, stride, x, where, name):
+        """[top, bottom, left, right] from an integer, a list of 2 or 4, "valid" or "same"."""
+        if v == "valid":
+            return [0, 0, 0, 0]
+        if v == "same":
+            if x.rank != 3:
+                return [0, 0, 0, 0]  # the type rule reports the input
+            pads = []
+            for size, kk, s in zip(x.shape[:2], k, stride):
+                out = -(-size // s)
+                total = max((out - 1) * s + kk - size, 0)
+                pads += [total // 2, total - total // 2]
+            return pads
+        if isinstance(v, int):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(a, int) and a >= 0 for a in v) or len(v) not in (1, 2, 4):
+            raise self.err(f'{name}: padding must be "same", "valid", or 1, 2 or 4 non-negative integers', where)
+        if len(v) == 1:
+            return v * 4
+        if len(v) == 2:
+            return [v[0], v[0], v[1], v[1]]
+        return list(v)

@@ -23,7 +23,10 @@ from ..ir.tensor import Op, TensorModule, verify
 from ..ir.types import TensorType
 
 CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
-SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy", "copy_p"} | CALLS)
+STRUCTURAL = {"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose", "slice", "dynamic_slice",
+              "concatenate", "reduce_max", "conv_general_dilated"}
+SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy",
+                    "copy_p"} | CALLS | STRUCTURAL)
 DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
@@ -95,7 +98,16 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
         raise FeascompError(f"in_axes must be None, 0 or 'auto', not {in_axes!r}")
     names, treedef = param_names(params)
     leaves = jax.tree_util.tree_leaves(params)
-    closed = jax.make_jaxpr(lambda leaves, x: fn(jax.tree_util.tree_unflatten(treedef, leaves), x))(leaves, x)
+    per_sample = fn
+    if in_axes == 0:
+        # A function written for batches is traced on one sample; if it cannot take one
+        # (lax.conv_general_dilated needs a batch axis), on a batch of one: fn(p, x[None])[0].
+        try:
+            jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        except Exception:  # noqa: BLE001 - any failure of the per-sample call
+            def per_sample(p, v):
+                return fn(p, v[None])[0]
+    closed = jax.make_jaxpr(lambda leaves, x: per_sample(jax.tree_util.tree_unflatten(treedef, leaves), x))(leaves, x)
     builder = _Builder()
     env = {}
     jaxpr = closed.jaxpr
@@ -115,6 +127,9 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
     out = builder.read(env, jaxpr.outvars[0], None)
     if isinstance(out, _Const):
         raise FeascompError("the model's output does not depend on its input or parameters")
+    oval = jaxpr.outvars[0].aval
+    if len(oval.shape) == 2 and oval.shape[0] == 1:  # a batch-written model on a batch of one
+        out = builder.emit("reshape", [out], oval.update(shape=oval.shape[1:]), None, (("shape", [oval.shape[1]]),))
     builder.ops.append(Op("output", None, (out,), (), None))
     builder.ops.append(Op("loss", None, (out,), (("kind", loss),) + tuple((loss_options or {}).items()), None))
     module = TensorModule(name or getattr(fn, "__name__", "model").replace("<", "").replace(">", "") or "model", tuple(builder.ops))
@@ -158,6 +173,47 @@ class _Builder:
         name = self.fresh()
         self.ops.append(Op(opname, name, tuple(operands), tuple(attrs), _ttype(aval), _loc(eqn)))
         return name
+
+    def view(self, opname, v, aval, eqn, attrs):
+        return self.emit(opname, [v], aval, eqn, attrs)
+
+    def conv(self, eqn, ins, aval):
+        """conv_general_dilated on a batch of one (the per-sample trace gives N = 1): brought
+        to NHWC / HWIO by transposes, lowered to conv2d, brought back to the output layout."""
+        p = eqn.params
+        lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+        dn = p["dimension_numbers"]
+        lspec, rspec, ospec = tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)
+        if len(lspec) != 4:
+            self.refuse(eqn, "conv_general_dilated is supported in 2-D only")
+        if any(d != 1 for d in tuple(p["lhs_dilation"]) + tuple(p["rhs_dilation"])) or p["feature_group_count"] != 1 \
+                or p["batch_group_count"] != 1:
+            self.refuse(eqn, "conv_general_dilated is supported without dilation or feature/batch groups")
+        if lhs.shape[lspec[0]] != 1:
+            self.refuse(eqn, f"conv_general_dilated must see one sample (batch axis of length 1), got {lhs.shape}; "
+                        "write the model per sample, or let feascomp trace it as fn(params, x[None])[0]")
+        x, k = ins
+        nhwc = (lspec[0], lspec[2], lspec[3], lspec[1])
+        if nhwc != (0, 1, 2, 3):
+            x = self.emit("transpose", [x], lhs.update(shape=tuple(lhs.shape[a] for a in nhwc)), eqn, (("perm", list(nhwc)),))
+        h, w, c = (lhs.shape[a] for a in nhwc[1:])
+        x = self.emit("reshape", [x], lhs.update(shape=(h, w, c)), eqn, (("shape", [h, w, c]),))
+        hwio = (rspec[2], rspec[3], rspec[1], rspec[0])
+        if hwio != (0, 1, 2, 3):
+            k = self.emit("transpose", [k], rhs.update(shape=tuple(rhs.shape[a] for a in hwio)), eqn, (("perm", list(hwio)),))
+        (pt, pb), (pl, pr) = p["padding"]
+        if min(pt, pb, pl, pr) < 0:
+            self.refuse(eqn, "conv_general_dilated with negative padding is not supported")
+        co = rhs.shape[rspec[0]]
+        ho, wo = aval.shape[ospec[2]], aval.shape[ospec[3]]
+        y = self.emit("conv2d", [x, k], aval.update(shape=(ho, wo, co)), eqn,
+                      (("stride", [int(a) for a in p["window_strides"]]), ("padding", [int(pt), int(pb), int(pl), int(pr)])))
+        y = self.emit("reshape", [y], aval.update(shape=(1, ho, wo, co)), eqn, (("shape", [1, ho, wo, co]),))
+        canon = (ospec[0], ospec[2], ospec[3], ospec[1])  # output axis of canonical N, H, W, C
+        perm = [canon.index(d) for d in range(4)]
+        if perm != [0, 1, 2, 3]:
+            y = self.emit("transpose", [y], aval, eqn, (("perm", perm),))
+        return y
 
     def refuse(self, eqn, why=None):
         what = why or f"JAX primitive {eqn.primitive.name!r} is not supported"
@@ -223,6 +279,53 @@ class _Builder:
             if c is None or (prim == "div" and c == 0):
                 self.refuse(eqn, f"{prim} by a non-scalar or zero constant is not supported")
             return self.emit("affine", [v], aval, eqn, (("scale", c if prim == "mul" else 1.0 / c), ("shift", 0.0)))
+        if prim in STRUCTURAL and any(consts):
+            self.refuse(eqn, f"{prim} of a constant is not supported (fold it outside the model)")
+        if prim == "reshape":
+            if eqn.params.get("dimensions") is not None:
+                self.refuse(eqn, "reshape with a dimension order is not supported")
+            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
+        if prim == "squeeze":
+            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
+        if prim == "expand_dims":
+            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
+        if prim == "broadcast_in_dim":
+            src = eqn.invars[0].aval
+            dims = list(eqn.params["broadcast_dimensions"])
+            if all(aval.shape[d] == src.shape[i] for i, d in enumerate(dims)):  # only new length-1 axes
+                if src.size == aval.size:
+                    return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
+            return self.view("broadcast", ins[0], aval, eqn, (("shape", list(aval.shape)), ("dims", dims)))
+        if prim == "transpose":
+            return self.view("transpose", ins[0], aval, eqn, (("perm", list(eqn.params["permutation"])),))
+        if prim == "slice":
+            strides = eqn.params.get("strides") or (1,) * len(aval.shape)
+            v = ins[0]
+            shape = list(eqn.invars[0].aval.shape)
+            for ax, (a, b, st) in enumerate(zip(eqn.params["start_indices"], eqn.params["limit_indices"], strides)):
+                if (a, b, st) != (0, shape[ax], 1):
+                    shape[ax] = len(range(a, b, st))
+                    v = self.emit("slice", [v], aval.update(shape=tuple(shape)), eqn,
+                                  (("axis", ax), ("start", int(a)), ("stop", int(b)), ("step", int(st))))
+            return v
+        if prim == "dynamic_slice":
+            starts = [a.scalar() if isinstance(a, _Const) else None for a in ins[1:]]
+            if any(c is None for c in starts) or isinstance(ins[0], _Const):
+                self.refuse(eqn, "dynamic_slice is supported with constant start indices only")
+            v, shape = ins[0], list(eqn.invars[0].aval.shape)
+            for ax, (a, n) in enumerate(zip(starts, eqn.params["slice_sizes"])):
+                a = min(max(int(a), 0), shape[ax] - n)  # lax clamps starts into range
+                if n != shape[ax]:
+                    shape[ax] = n
+                    v = self.emit("slice", [v], aval.update(shape=tuple(shape)), eqn,
+                                  (("axis", ax), ("start", a), ("stop", a + n), ("step", 1)))
+            return v
+        if prim == "concatenate":
+            return self.emit("concat", ins, aval, eqn, (("axis", int(eqn.params["dimension"])),))
+        if prim == "reduce_max":
+            return self.emit("reduce_max", ins, aval, eqn, (("axes", [int(a) for a in eqn.params["axes"]]),))
+        if prim == "conv_general_dilated":
+            return self.conv(eqn, ins, aval)
         if prim == "max":
             if any(consts):
                 c = (ins[0] if consts[0] else ins[1]).scalar()

@@ -23,6 +23,7 @@ divided by the transpose applied to ones (its out-degree, computed at compile ti
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,9 @@ from ..errors import FeascompError, Loc
 from .types import TensorType
 
 FAMILY_KINDS = ("const", "param", "target")  # any other kind names a function primitive
-PLAN_ATTRS = ("colour", "layer")  # set by passes; every other family attribute is a primitive option
+PLAN_ATTRS = ("colour", "layer")  # set by passes
+NOTE_ATTRS = ("spec",)  # a dot family's contraction (einsum or conv parameters), for readers
+# every other family attribute is a primitive option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ class BroadcastMap:
                 return f"map {self.text(len(edge_shape))} sends a source of shape {list(src_shape)} to {list(edge_shape)}"
         return None
 
-    def apply(self, xp, src, edge_shape):
+    def apply(self, xp, src, edge_shape, data=None):
         order = sorted(range(len(self.src_axes)), key=lambda j: self.src_axes[j])
         t = xp.transpose(src, order) if order != list(range(len(order))) else src
         full = [1] * len(edge_shape)
@@ -70,7 +73,7 @@ class BroadcastMap:
             full[self.src_axes[j]] = src.shape[j]
         return xp.broadcast_to(xp.reshape(t, full), tuple(edge_shape))
 
-    def transpose(self, xp, edge):
+    def transpose(self, xp, edge, src_shape=None, data=None):
         """The adjoint: sum over broadcast axes, then undo the transpose."""
         keep = sorted(self.src_axes)
         drop = tuple(a for a in range(edge.ndim) if a not in keep)
@@ -96,7 +99,297 @@ def sum_axes(xp, x, axes: tuple[int, ...]):
     return xp.sum(x, axis=axes) if axes else x
 
 
+# Map steps: linear, structural maps applied to the source before the final broadcast. Each
+# has an exact adjoint (tests check it against jax.linear_transpose). Positions a step fills
+# with zeros (padding, placement) are constant-zero edges: the producer's projection writes
+# 0 there every time it writes its own values, exactly as a constant-zero family in the
+# producer's colour would, and they do not count in the producer's out-degree.
+
+
+def _unslice(xp, y, axis: int, start: int, step: int, size: int):
+    """Adjoint of ``x[start::step][:n]`` along ``axis`` (x of length ``size``): place y's
+    entries at start, start + step, ... and zeros elsewhere."""
+    n = y.shape[axis]
+    hi = size - (start + (n - 1) * step + 1)
+    if xp is np:
+        shape = list(y.shape)
+        shape[axis] = size
+        out = np.zeros(shape, y.dtype)
+        idx = [slice(None)] * y.ndim
+        idx[axis] = slice(start, start + (n - 1) * step + 1, step)
+        out[tuple(idx)] = y
+        return out
+    from jax import lax
+
+    cfg = [(0, 0, 0)] * y.ndim
+    cfg[axis] = (start, hi, step - 1)
+    return lax.pad(y, xp.zeros((), y.dtype), cfg)
+
+
+def _take_slice(x, axis: int, start: int, stop: int, step: int):
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop, step)
+    return x[tuple(idx)]
+
+
+def _ints(v, n, what):
+    v = tuple(int(a) for a in (v if isinstance(v, (list, tuple)) else [v] * n))
+    if len(v) != n:
+        raise ValueError(f"{what} needs {n} integers, got {list(v)}")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Reshape:
+    shape: tuple[int, ...]
+    kind = "reshape"
+
+    def attrs(self):
+        return (("shape", list(self.shape)),)
+
+    @staticmethod
+    def from_attrs(a):
+        return Reshape(tuple(int(d) for d in a["shape"]))
+
+    def out_shape(self, s):
+        if math.prod(s) != math.prod(self.shape):
+            return f"reshape {list(s)} to {list(self.shape)} changes the size"
+        return self.shape
+
+    def apply(self, xp, x, data=None):
+        return xp.reshape(x, self.shape)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        return xp.reshape(y, in_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Permute:
+    perm: tuple[int, ...]
+    kind = "permute"
+
+    def attrs(self):
+        return (("perm", list(self.perm)),)
+
+    @staticmethod
+    def from_attrs(a):
+        return Permute(tuple(int(d) for d in a["perm"]))
+
+    def out_shape(self, s):
+        if sorted(self.perm) != list(range(len(s))):
+            return f"permute {list(self.perm)} does not fit rank {len(s)}"
+        return tuple(s[p] for p in self.perm)
+
+    def apply(self, xp, x, data=None):
+        return xp.transpose(x, self.perm)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        return xp.transpose(y, tuple(int(i) for i in np.argsort(self.perm)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """x[start:stop:step] along one axis."""
+
+    axis: int
+    start: int
+    stop: int
+    step: int = 1
+    kind = "slice"
+
+    def attrs(self):
+        return (("axis", self.axis), ("start", self.start), ("stop", self.stop), ("step", self.step))
+
+    @staticmethod
+    def from_attrs(a):
+        return Slice(int(a["axis"]), int(a["start"]), int(a["stop"]), int(a.get("step", 1)))
+
+    def out_shape(self, s):
+        if not (0 <= self.axis < len(s)) or not (0 <= self.start < self.stop <= s[self.axis]) or self.step < 1:
+            return f"slice {self.start}:{self.stop}:{self.step} of axis {self.axis} does not fit {list(s)}"
+        return s[: self.axis] + (len(range(self.start, self.stop, self.step)),) + s[self.axis + 1 :]
+
+    def apply(self, xp, x, data=None):
+        return _take_slice(x, self.axis, self.start, self.stop, self.step)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        return _unslice(xp, y, self.axis, self.start, self.step, in_shape[self.axis])
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Embed x at offset ``start`` of a zero tensor of length ``size`` along one axis (the
+    adjoint of a slice); the zeros are constant-zero edges."""
+
+    axis: int
+    start: int
+    size: int
+    kind = "place"
+
+    def attrs(self):
+        return (("axis", self.axis), ("start", self.start), ("size", self.size))
+
+    @staticmethod
+    def from_attrs(a):
+        return Place(int(a["axis"]), int(a["start"]), int(a["size"]))
+
+    def out_shape(self, s):
+        if not (0 <= self.axis < len(s)) or self.start < 0 or self.start + s[self.axis] > self.size:
+            return f"place at {self.start} of length {self.size} on axis {self.axis} does not fit {list(s)}"
+        return s[: self.axis] + (self.size,) + s[self.axis + 1 :]
+
+    def apply(self, xp, x, data=None):
+        return _unslice(xp, x, self.axis, self.start, 1, self.size)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        return _take_slice(y, self.axis, self.start, self.start + in_shape[self.axis], 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Sliding windows over the last three axes [H, W, C] -> [Ho, Wo, kh * kw, C]: entry
+    (i, j, di * kw + dj, c) is the zero-padded source at (i * sh + di - top, j * sw + dj - left, c)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
+    kind = "window"
+
+    def attrs(self):
+        return (("kernel", list(self.kernel)), ("stride", list(self.stride)), ("padding", list(self.padding)))
+
+    @staticmethod
+    def from_attrs(a):
+        return Window(_ints(a["kernel"], 2, "kernel"), _ints(a.get("stride", 1), 2, "stride"),
+                      _ints(a.get("padding", 0), 4, "padding"))
+
+    def dims(self, h, w):
+        (kh, kw), (sh, sw), (t, b, l, r) = self.kernel, self.stride, self.padding
+        return (h + t + b - kh) // sh + 1, (w + l + r - kw) // sw + 1
+
+    def out_shape(self, s):
+        if len(s) < 3:
+            return f"window needs [..., H, W, C], got {list(s)}"
+        (kh, kw), (sh, sw), pad = self.kernel, self.stride, self.padding
+        if min(kh, kw, sh, sw) < 1 or min(pad) < 0:
+            return f"window kernel and stride must be positive and padding non-negative, got {self.attrs()}"
+        ho, wo = self.dims(s[-3], s[-2])
+        if ho < 1 or wo < 1:
+            return f"a {kh}x{kw} window does not fit a {s[-3]}x{s[-2]} input with padding {list(pad)}"
+        return s[:-3] + (ho, wo, kh * kw, s[-1])
+
+    def apply(self, xp, x, data=None):
+        (kh, kw), (sh, sw), (t, b, l, r) = self.kernel, self.stride, self.padding
+        ho, wo = self.dims(x.shape[-3], x.shape[-2])
+        if t or b or l or r:
+            x = xp.pad(x, [(0, 0)] * (x.ndim - 3) + [(t, b), (l, r), (0, 0)])
+        parts = [x[..., di : di + (ho - 1) * sh + 1 : sh, dj : dj + (wo - 1) * sw + 1 : sw, :]
+                 for di in range(kh) for dj in range(kw)]
+        return xp.stack(parts, axis=-2)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        (kh, kw), (sh, sw), (t, b, l, r) = self.kernel, self.stride, self.padding
+        h, w = in_shape[-3] + t + b, in_shape[-2] + l + r
+        total = None
+        for di in range(kh):
+            for dj in range(kw):
+                part = y[..., di * kw + dj, :]
+                part = _unslice(xp, _unslice(xp, part, part.ndim - 3, di, sh, h), part.ndim - 2, dj, sw, w)
+                total = part if total is None else total + part
+        return total[..., t : t + in_shape[-3], l : l + in_shape[-2], :]
+
+
+@dataclasses.dataclass(frozen=True)
+class Expand:
+    """Broadcast into ``shape``: input axis i runs along output axis ``dims[i]`` (its length
+    equal, or 1 and repeated); the other output axes repeat it (``lax.broadcast_in_dim``)."""
+
+    shape: tuple[int, ...]
+    dims: tuple[int, ...]
+    kind = "expand"
+
+    def attrs(self):
+        return (("shape", list(self.shape)), ("dims", list(self.dims)))
+
+    @staticmethod
+    def from_attrs(a):
+        return Expand(tuple(int(d) for d in a["shape"]), tuple(int(d) for d in a["dims"]))
+
+    def out_shape(self, s):
+        ok = len(s) == len(self.dims) and list(self.dims) == sorted(set(self.dims)) and all(
+            0 <= d < len(self.shape) and s[i] in (1, self.shape[d]) for i, d in enumerate(self.dims))
+        return self.shape if ok else f"expand {list(s)} along {list(self.dims)} to {list(self.shape)} does not fit"
+
+    def _full(self, s):
+        full = [1] * len(self.shape)
+        for i, d in enumerate(self.dims):
+            full[d] = s[i]
+        return tuple(full)
+
+    def apply(self, xp, x, data=None):
+        return xp.broadcast_to(xp.reshape(x, self._full(x.shape)), self.shape)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        full = self._full(in_shape)
+        axes = tuple(a for a in range(len(self.shape)) if full[a] == 1 and self.shape[a] != 1)
+        return xp.reshape(xp.sum(y, axis=axes, keepdims=True) if axes else y, in_shape)
+
+
+STEP_KINDS = {c.kind: c for c in (Reshape, Permute, Slice, Place, Window, Expand)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainMap:
+    """Structural steps applied to the source, then a broadcast into the edge's shape:
+    ``window {...} | reshape {...} | bcast "abcd->abced"``."""
+
+    steps: tuple
+    final: BroadcastMap
+    kind = "chain"
+
+    def text(self, edge_rank: int) -> str:
+        from .text import fmt_attrs
+
+        return " | ".join(f"{s.kind}{fmt_attrs(s.attrs())}" for s in self.steps) + " | " + self.final.text(edge_rank)
+
+    def shapes(self, src_shape) -> list:
+        """The shape entering each step, then the shape entering the final broadcast (or an
+        error text)."""
+        out = [tuple(src_shape)]
+        for s in self.steps:
+            nxt = s.out_shape(out[-1])
+            if isinstance(nxt, str):
+                return nxt
+            out.append(tuple(nxt))
+        return out
+
+    def check(self, src_shape, edge_shape) -> str | None:
+        shapes = self.shapes(src_shape)
+        if isinstance(shapes, str):
+            return shapes
+        return self.final.check(shapes[-1], edge_shape)
+
+    def apply(self, xp, src, edge_shape, data=None):
+        x = src
+        for s in self.steps:
+            x = s.apply(xp, x, data)
+        return self.final.apply(xp, x, edge_shape)
+
+    def transpose(self, xp, edge, src_shape, data=None):
+        shapes = self.shapes(src_shape)
+        y = self.final.transpose(xp, edge)
+        for s, shp in zip(reversed(self.steps), reversed(shapes[:-1])):
+            y = s.transpose(xp, y, shp, data)
+        return y
+
+
+def make_map(steps, final: BroadcastMap):
+    """A broadcast map, preceded by structural steps if there are any."""
+    return ChainMap(tuple(steps), final) if steps else final
+
+
 MAP_KINDS = {"bcast": BroadcastMap}
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +406,7 @@ class Family:
 
     def options(self) -> dict:
         """The primitive's options (a target's: its loss options)."""
-        return {k: v for k, v in self.attrs if k not in PLAN_ATTRS and k not in ("kind", "init")}
+        return {k: v for k, v in self.attrs if k not in PLAN_ATTRS + NOTE_ATTRS and k not in ("kind", "init")}
 
     def port_length(self, port: str) -> int:
         return dict(self.ports)[port]
@@ -130,7 +423,7 @@ class Edge:
     port: str
     start: int
     stop: int
-    map: BroadcastMap
+    map: Any  # BroadcastMap or ChainMap
     type: TensorType  # shape of the stored edge array
 
     @property

@@ -11,7 +11,7 @@ from typing import Any
 import lark
 
 from ..errors import FeascompError, loc_in
-from .feasibility import MAP_KINDS, Edge, Family, FeasModule, Group
+from .feasibility import MAP_KINDS, STEP_KINDS, Edge, Family, FeasModule, Group, make_map
 from .tensor import Op, TensorModule
 from .types import TensorType
 
@@ -192,11 +192,19 @@ def _feas_module(name, attrs, items, file, text) -> FeasModule:
                 raise FeascompError("a family reads `%name = kind(port: n, ...) {attrs} : type`", _loc(it, file, text))
             fams.append(Family(str(result)[1:], str(kind), ty, ports, fattrs or (), _loc(it, file, text)))
         elif it.data == "edge":
-            src, dst, port, start, stop, mkind, spec, ty = it.children
+            src, dst, port, start, stop, *steps, mkind, spec, ty = it.children
             cls = MAP_KINDS.get(str(mkind))
             if cls is None:
                 raise FeascompError(f"unknown edge map kind {str(mkind)!r}", _loc(it, file, text))
-            edges.append(Edge(str(src)[1:], str(dst)[1:], str(port), int(start), int(stop), cls.parse(json.loads(spec)), ty))
+            chain = []
+            for st in steps:
+                skind, sattrs = st.children
+                scls = STEP_KINDS.get(str(skind))
+                if scls is None:
+                    raise FeascompError(f"unknown edge map step {str(skind)!r}; known: {', '.join(STEP_KINDS)}", _loc(it, file, text))
+                chain.append(scls.from_attrs(dict(sattrs or ())))
+            emap = make_map(chain, cls.parse(json.loads(spec)))
+            edges.append(Edge(str(src)[1:], str(dst)[1:], str(port), int(start), int(stop), emap, ty))
         else:
             gname, gattrs, kind, *members = it.children
             groups.append(Group(str(gname), int(dict(gattrs)["colour"]), str(kind), tuple(str(v)[1:] for v in members)))

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..ir.feasibility import Edge, FeasModule
+from ..ir.feasibility import BroadcastMap, Edge, FeasModule
 
 
 def _is_elementwise_copy(e: Edge) -> bool:
     """The edge copies each producer node to the same consumer node, into one port slot."""
+    if not isinstance(e.map, BroadcastMap):
+        return False
     return e.stop - e.start == 1 and e.map.src_axes == tuple(range(e.type.rank - 1)) and e.type.shape[-1] == 1
 
 
