@@ -193,7 +193,9 @@ class Solver:
         out = {}
         for op in self.tensor.by_kind("param"):
             shape, init = op.type.shape, op.attr("init", "zeros")
-            fan_in = shape[0] if shape else 1
+            # fan-in: every axis but the last (a dense W[in, out]: in; a conv kernel
+            # [kh, kw, in, out] (HWIO): kh * kw * in)
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else (shape[0] if shape else 1)
             if init == "zeros":
                 v = np.zeros(shape)
             elif init == "he_normal":

@@ -191,3 +191,71 @@ def test_exception_in_the_users_function_is_located(fc_solver, digits):
     err = e.value
     assert "tracing the model function failed: KeyError" in err.message
     assert err.loc.file == __file__ and 'p["W9"]' in err.loc.source_line
+
+
+# layers and views ------------------------------------------------------------------------------
+def _views(p, x):
+    img = x.reshape(8, 8)
+    a = jnp.concatenate([img[:, :4], jnp.transpose(img)[:, 4:]], axis=1)  # slice, transpose, concatenate
+    b = jax.lax.dynamic_slice(a, (2, 0), (4, 8)).reshape(-1)  # dynamic_slice with constant starts
+    c = jnp.expand_dims(b, 0).squeeze(0)
+    return jax.nn.relu(c @ p["W"] + p["b"][None, :][0]) @ p["V"]
+
+
+def _cnn_nhwc(p, x):
+    img = x.reshape(1, 8, 8, 1)
+    h = jax.lax.conv_general_dilated(img, p["K"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h + p["c"])
+    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return (h.reshape(1, -1) @ p["W"])[0]
+
+
+def _cnn_nchw_batched(p, x):  # written for batches: traced as fn(p, x[None])[0]
+    img = x.reshape(-1, 1, 8, 8)
+    h = jax.lax.conv_general_dilated(img, p["K"], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    h = jax.nn.relu(h + p["c"][None, :, None, None])
+    return jnp.max(h, axis=(2, 3)) @ p["W"]
+
+
+LAYER_MODELS = {
+    "views": (_views, {"W": (32, 6), "b": (6,), "V": (6, 10)}),
+    "cnn_nhwc": (_cnn_nhwc, {"K": (3, 3, 1, 4), "c": (4,), "W": (16, 10)}),
+    "cnn_nchw_batched": (_cnn_nchw_batched, {"K": (4, 1, 3, 3), "c": (4,), "W": (4, 10)}),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYER_MODELS))
+def test_layer_primitives_compile_and_evaluate_like_jax(name, digits):
+    fn, shapes = LAYER_MODELS[name]
+    rng = np.random.default_rng(0)
+    p = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    x = digits.x_train[:8]
+    solver = feascomp.compile(fn, p, x, batch_size=8, steps=2)
+    want = np.asarray(jax.vmap(lambda v: fn(p, v))(x)) if name != "cnn_nchw_batched" else np.asarray(fn(p, x))
+    np.testing.assert_allclose(np.asarray(solver.apply(p, x)), want, rtol=1e-4, atol=1e-4)
+    params, state, info = solver.update(solver.init(p), x, digits.y_train[:8])
+    assert np.isfinite(np.asarray(info["residual"])).all()
+
+
+def test_jax_cnn_trains_on_digits(digits):
+    """A CNN written with lax.conv_general_dilated (NCHW, batched) and a global max: >= 0.40."""
+    def cnn(p, x):
+        img = x.reshape(-1, 1, 8, 8)
+        dn = ("NCHW", "OIHW", "NCHW")
+        h = jax.nn.relu(jax.lax.conv_general_dilated(img, p["K1"], (1, 1), "SAME", dimension_numbers=dn)
+                        + p["c1"][None, :, None, None])
+        h = jax.nn.relu(jax.lax.conv_general_dilated(h, p["K2"], (1, 1), "SAME", dimension_numbers=dn)
+                        + p["c2"][None, :, None, None])
+        return jnp.max(h, axis=(2, 3)) @ p["W"]
+
+    rng = np.random.default_rng(0)
+    p = {"K1": rng.normal(size=(8, 1, 3, 3)) * np.sqrt(2 / 9), "c1": np.zeros(8),
+         "K2": rng.normal(size=(8, 8, 3, 3)) * np.sqrt(2 / 72), "c2": np.zeros(8),
+         "W": rng.normal(size=(8, 10)) * np.sqrt(2 / 8)}
+    p = {k: v.astype(np.float32) for k, v in p.items()}
+    solver = feascomp.compile(cnn, p, digits.x_train[:64], batch_size=64)
+    assert "conv2d" in solver.dump("tensor") and "reduce_max" in solver.dump("tensor")
+    params, _, _ = fit(solver, digits, 30, params=p)
+    acc = solver.accuracy(params, digits.x_test, digits.y_test)
+    print(f"jax CNN test accuracy {acc:.3f}")
+    assert acc >= 0.40

@@ -220,3 +220,62 @@ loss cross_entropy(logits)
         pn, _ = run(tensor, 2, "numpy", alg, params, x, y, True)
         for k in pj:
             np.testing.assert_allclose(pj[k], pn[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+# acceptance: DR on sklearn's digits at batch 64 ------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    from feascomp import data
+
+    return data.load("digits")
+
+
+def test_digits_cnn_trains_without_identities(digits):
+    """Two 3x3 conv layers of 8 channels, global max-pool (8 features), dense: >= 0.40."""
+    from models import fit
+
+    solver = feascomp.compile("examples/digits_cnn.fc", batch_size=64)
+    assert solver.plan.attr("identities", 0) == 0
+    params, _, _ = fit(solver, digits, 40)
+    acc = solver.accuracy(params, digits.x_test, digits.y_test)
+    print(f"digits CNN test accuracy {acc:.3f}")
+    assert acc >= 0.40
+
+
+def test_digits_readout_over_all_hidden_layers_trains(digits):
+    """logits = concat(h1, h2, h3) @ R: one dot family fed by port slices, >= 0.80."""
+    from models import fit
+
+    solver = feascomp.compile("examples/digits_readout.fc", batch_size=64)
+    assert solver.plan.attr("identities", 0) == 0
+    assert sum(f.kind == "dot" for f in solver.plan.families) == 4
+    params, _, _ = fit(solver, digits, 30)
+    acc = solver.accuracy(params, digits.x_test, digits.y_test)
+    print(f"digits readout MLP test accuracy {acc:.3f}")
+    assert acc >= 0.80
+
+
+BAD_LAYERS = [
+    ("h = conv2d(img, K, padding = [1, 2, 3])", "padding must be"),
+    ("h = conv2d(img, K, stride = [1, 1, 1])", "stride needs 2 integers"),
+    ("h = conv2d(img, K, dilation = 2)", "conv2d has no keyword 'dilation'"),
+    ("h = conv2d(x, K)", "conv2d needs a [height, width, channels] input"),
+    ("h = max_pool(img)", "max_pool needs the keyword 'size'"),
+    ("h = max_pool(img, size = 9)", "does not fit"),
+    ("h = reshape(img, shape = [3, 3])", "cannot reshape"),
+    ("h = transpose(img, perm = [0, 0, 1])", "a permutation"),
+    ("h = slice(x, start = 5, stop = 2)", "outside"),
+    ("h = concat(x, img)", "concat operands differ"),
+    ("h = global_max_pool(x)", "global_max_pool needs a [height, width, channels] value"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LAYERS, ids=[m for _, m in BAD_LAYERS])
+def test_bad_layer_arguments_are_located(line, message):
+    src = ("model b\ninput x : f32[16]\nparam K : f32[3, 3, 1, 2] = he_normal\nparam W : f32[2, 3] = he_normal\n"
+           f"img = reshape(x, shape = [4, 4, 1])\n{line}\noutput logits = global_max_pool(h) @ W\n"
+           "loss cross_entropy(logits)\n")
+    with pytest.raises(feascomp.FeascompError) as e:
+        parse_model(src, "bad.fc")
+    assert message in e.value.message
+    assert e.value.loc.file == "bad.fc" and e.value.loc.line == 6

@@ -24,7 +24,7 @@ from ..ir.types import TensorType
 
 CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat", "checkpoint"}
 STRUCTURAL = {"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose", "slice", "dynamic_slice",
-              "concatenate", "reduce_max", "conv_general_dilated"}
+              "concatenate", "reduce_max", "conv_general_dilated", "reduce_window_max"}
 SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy",
                     "copy_p"} | CALLS | STRUCTURAL)
 DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -81,17 +81,24 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
 
     ``in_axes``: ``None`` -- example_input is one sample; ``0`` -- it is a batch (leading
     axis); ``"auto"`` (default) -- call fn on it: a 1-D output means one sample, a 2-D output
-    whose leading axis equals the input's means a batch.
+    whose leading axis equals the input's means a batch; if fn cannot take it at all but
+    takes its first row, it is a batch for a per-sample fn.
     """
     import jax
 
     x = np.asarray(example_input)
     if in_axes == "auto":
-        out = jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
-        out_shape = getattr(out, "shape", None)
+        try:
+            out = jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        except Exception:  # noqa: BLE001 - a per-sample function handed a batch
+            if x.ndim < 1:
+                raise
+            jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+            out = None
+        out_shape = getattr(out, "shape", None) if out is not None else ()
         if out_shape is None:
             raise FeascompError("the model function must return one array of logits")
-        in_axes = 0 if (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]) else None
+        in_axes = 0 if out is None or (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]) else None
     if in_axes == 0:
         x = x[0]
     elif in_axes is not None:
@@ -215,6 +222,37 @@ class _Builder:
             y = self.emit("transpose", [y], aval, eqn, (("perm", perm),))
         return y
 
+    def pool(self, eqn, ins, aval):
+        """reduce_window_max (windowed max-pool) over at most two axes, no padding or dilation:
+        the pooled axes brought to the front, the rest merged into channels, max_pool."""
+        p = eqn.params
+        src = eqn.invars[0].aval
+        win, strides = tuple(p["window_dimensions"]), tuple(p["window_strides"])
+        if any(tuple(pad) != (0, 0) for pad in p["padding"]) or any(d != 1 for d in tuple(p["base_dilation"]) + tuple(p["window_dilation"])):
+            self.refuse(eqn, "reduce_window_max (max-pooling) is supported without padding or dilation")
+        pooled = [a for a in range(src.ndim) if (win[a], strides[a]) != (1, 1)]
+        if len(pooled) > 2 or src.ndim < 2:
+            self.refuse(eqn, "reduce_window_max is supported over at most two axes")
+        pooled += [a for a in range(src.ndim) if a not in pooled][: 2 - len(pooled)]
+        pooled = sorted(pooled)
+        rest = [a for a in range(src.ndim) if a not in pooled]
+        perm = pooled + rest
+        v = ins[0]
+        if perm != list(range(src.ndim)):
+            v = self.emit("transpose", [v], src.update(shape=tuple(src.shape[a] for a in perm)), eqn, (("perm", perm),))
+        h, w = (src.shape[a] for a in pooled)
+        c = int(np.prod([src.shape[a] for a in rest])) if rest else 1
+        v = self.emit("reshape", [v], src.update(shape=(h, w, c)), eqn, (("shape", [h, w, c]),))
+        ho, wo = (aval.shape[a] for a in pooled)
+        v = self.emit("max_pool", [v], aval.update(shape=(ho, wo, c)), eqn,
+                      (("window", [int(win[a]) for a in pooled]), ("stride", [int(strides[a]) for a in pooled])))
+        mid = (ho, wo) + tuple(src.shape[a] for a in rest)
+        v = self.emit("reshape", [v], aval.update(shape=mid), eqn, (("shape", list(mid)),))
+        back = [perm.index(a) for a in range(src.ndim)]
+        if back != list(range(src.ndim)):
+            v = self.emit("transpose", [v], aval, eqn, (("perm", back),))
+        return v
+
     def refuse(self, eqn, why=None):
         what = why or f"JAX primitive {eqn.primitive.name!r} is not supported"
         raise FeascompError(what, _loc(eqn), note=f"supported: {', '.join(SUPPORTED)}")
@@ -279,7 +317,7 @@ class _Builder:
             if c is None or (prim == "div" and c == 0):
                 self.refuse(eqn, f"{prim} by a non-scalar or zero constant is not supported")
             return self.emit("affine", [v], aval, eqn, (("scale", c if prim == "mul" else 1.0 / c), ("shift", 0.0)))
-        if prim in STRUCTURAL and any(consts):
+        if prim in STRUCTURAL and (consts[0] if prim == "dynamic_slice" else any(consts)):
             self.refuse(eqn, f"{prim} of a constant is not supported (fold it outside the model)")
         if prim == "reshape":
             if eqn.params.get("dimensions") is not None:
@@ -326,6 +364,8 @@ class _Builder:
             return self.emit("reduce_max", ins, aval, eqn, (("axes", [int(a) for a in eqn.params["axes"]]),))
         if prim == "conv_general_dilated":
             return self.conv(eqn, ins, aval)
+        if prim == "reduce_window_max":
+            return self.pool(eqn, ins, aval)
         if prim == "max":
             if any(consts):
                 c = (ins[0] if consts[0] else ins[1]).scalar()
