@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: init_params, or <function>_init)")
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
     t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm"], default="dr")
+    t.add_argument("--no-identities", action="store_true",
+                   help="no identity families: a graph that is not bipartite gets a general colouring (CP only)")
     t.add_argument("--relaxation", type=float, default=0.5, help="DR relaxation r in (0, 1] (default 0.5, classic DR)")
     t.add_argument("--beta", type=float, default=1.0, help="Difference Map beta (default 1)")
     t.add_argument("--backend", default="jax", help="jax (default), numpy (the scalar-graph oracle; small models only) or an installed plug-in")
@@ -91,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("model")
     d.add_argument("--stage", choices=STAGES, default="plan")
     d.add_argument("--batch-size", type=_positive, default=256)
+    d.add_argument("--no-identities", action="store_true", help="the plan without identity families (general colouring)")
     return p
 
 
@@ -120,6 +123,10 @@ def _train(args) -> int:
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals))
+    if args.no_identities:
+        from .passes import NO_IDENTITIES_PIPELINE
+
+        options["pipeline"] = NO_IDENTITIES_PIPELINE
     if _is_python_model(args.model):
         from .frontends.pymodule import load_function
 
@@ -279,7 +286,12 @@ def _backends(args) -> int:
 def _dump(args) -> int:
     from .solver import compile
 
-    solver = compile(args.model, batch_size=args.batch_size)
+    from .passes import DEFAULT_PIPELINE, NO_IDENTITIES_PIPELINE
+
+    if args.no_identities:
+        solver = compile(args.model, batch_size=args.batch_size, pipeline=NO_IDENTITIES_PIPELINE, algorithm="cp")
+    else:
+        solver = compile(args.model, batch_size=args.batch_size, pipeline=DEFAULT_PIPELINE)
     sys.stdout.write(solver.dump(args.stage))
     return 0
 

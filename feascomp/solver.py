@@ -142,6 +142,12 @@ class Solver:
         self.monitor = monitor
         schedule = "layers" if algorithm.uses_layers else "colours"
         self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule)
+        if not algorithm.uses_layers and len(self.program.colours) != 2:
+            raise FeascompError(
+                f"{algorithm.name} alternates between two colour classes, but this plan has "
+                f"{len(self.program.colours)} colours (its family graph is not bipartite and identity "
+                "families are turned off); use --algorithm cp, or keep insert-identities in the pipeline"
+            )
         if algorithm.uses_layers:
             algorithm = dataclasses.replace(algorithm, classes=len(self.program.classes))
         self.algorithm = algorithm

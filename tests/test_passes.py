@@ -13,7 +13,7 @@ from feascomp.frontends.dsl import parse_model
 from feascomp.ir import Edge, Family, FeasModule, TensorType, feasibility
 from feascomp.ir.feasibility import BroadcastMap
 from feascomp.ir.tensor import evaluate
-from feascomp.passes import parse_pipeline, run_pipeline
+from feascomp.passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
 from feascomp.passes.color import ColorPass
 from feascomp.passes.fuse_sum_relu import FuseSumReluPass
 from feascomp.passes.scalarize import ScalarizePass
@@ -214,3 +214,84 @@ def test_residual_example_gets_one_identity():
     solver = feascomp.compile("examples/digits_residual.fc", batch_size=4)
     assert solver.plan.attr("identities") == 1
     assert "1 identity families inserted" in solver.dump("plan")
+
+
+# fuse-projections --------------------------------------------------------------------------------
+def test_fuse_projections_gives_one_group_per_primitive_and_colour():
+    from feascomp.frontends.dsl import parse_file
+    from feascomp.ir.text import parse_ir
+    from feascomp.passes import FUSED_PIPELINE
+
+    plan = run_pipeline(parse_file("examples/mnist_mlp4_readout.fc"), parse_pipeline(FUSED_PIPELINE, batch=4))
+    keys = [(g.kind, g.colour) for g in plan.groups]
+    assert len(keys) == len(set(keys))
+    want = {(f.kind, f.attr("colour")) for f in plan.families if f.is_function and plan.out_edges(f.name)}
+    assert set(keys) == want
+    assert sum(len(g.members) for g in plan.groups) == len([f for f in plan.families if f.is_function])
+    text = str(plan)
+    assert "group @dot_c0 {colour = 0} dot(" in text
+    assert str(parse_ir(text)) == text
+
+
+@pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
+def test_fused_and_unfused_plans_compute_the_same_iterates(algorithm):
+    import feascomp
+    from feascomp.passes import FUSED_PIPELINE
+
+    @settings(max_examples=6, deadline=None)
+    @given(st.lists(st.integers(1, 4), min_size=3, max_size=5).map(lambda w: w[:-1] + [max(w[-1], 2)]),
+           st.booleans(), st.integers(1, 3), st.integers(0, 2**31 - 1), st.booleans())
+    def check(widths, readout, batch, seed, weighted):
+        tensor = parse_model(mlp_source(widths, [True] * 4, readout))
+        rng = np.random.default_rng(seed)
+        params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
+        x, y = rng.normal(size=(batch, widths[0])), rng.integers(0, widths[-1], size=batch)
+        out = []
+        for pipeline in (DEFAULT_PIPELINE, FUSED_PIPELINE):
+            solver = feascomp.compile(tensor, batch_size=batch, algorithm=algorithm, steps=8, dtype="float64",
+                                      weighted=weighted, pipeline=pipeline)
+            p, _, info = solver.update(solver.init(params), x, y)
+            out.append(({k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"])))
+        assert any(len(g.members) > 1 for g in solver.plan.groups)
+        for k in out[0][0]:
+            np.testing.assert_allclose(out[1][0][k], out[0][0][k], rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-9, atol=1e-12)
+
+    check()
+
+
+# colouring without identities ------------------------------------------------------------------------
+def test_no_identities_gives_a_general_colouring_for_cp(capsys):
+    import feascomp
+    from feascomp.cli import main
+    from feascomp.passes import NO_IDENTITIES_PIPELINE
+
+    solver = feascomp.compile("examples/digits_residual.fc", batch_size=4, algorithm="cp", pipeline=NO_IDENTITIES_PIPELINE)
+    plan = solver.plan
+    assert not any(f.kind == "identity" for f in plan.families)
+    colours = {f.name: f.attr("colour") for f in plan.families}
+    assert len(set(colours.values())) == 3
+    assert all(colours[e.src] != colours[e.dst] for e in plan.edges)  # a proper colouring
+    for cls in solver.program.classes:  # CP classes are independent sets
+        assert not any(e.src in cls and e.dst in cls for e in plan.edges)
+    with pytest.raises(feascomp.FeascompError, match="dr alternates between two colour classes"):
+        feascomp.compile("examples/digits_residual.fc", batch_size=4, pipeline=NO_IDENTITIES_PIPELINE)
+    assert main(["train", "examples/digits_residual.fc", "--dataset", "digits", "--no-identities", "--updates", "1",
+                 "--steps-per-batch", "2", "--batch-size", "16", "--no-progress"]) == 2
+    assert "use --algorithm cp" in capsys.readouterr().err
+    assert main(["train", "examples/digits_residual.fc", "--dataset", "digits", "--no-identities", "--algorithm", "cp",
+                 "--updates", "2", "--steps-per-batch", "2", "--batch-size", "16", "--no-progress"]) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 2**31 - 1))
+def test_general_colouring_is_proper(n, seed):
+    import networkx as nx
+
+    from feascomp.passes.color import greedy_colouring
+
+    g = nx.gnp_random_graph(n, 0.5, seed=seed)
+    g = nx.relabel_nodes(g, {i: f"f{i}" for i in g})
+    col = greedy_colouring(g, "f0")
+    assert col["f0"] == 0 and all(col[u] != col[v] for u, v in g.edges())
+    assert max(col.values()) <= max((d for _, d in g.degree()), default=0)

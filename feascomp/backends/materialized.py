@@ -68,6 +68,13 @@ class Program:
                 opts.update(loss_options or {})
                 info.prim = get(f.attr("kind"), **opts)
             self.info[f.name] = info
+        # fused groups (fuse-projections), of families that are projected at all
+        self.group_of: dict[str, list[str]] = {}
+        for g in plan.groups:
+            members = [n for n in g.members if self.info[n].out]
+            if len(members) > 1:
+                for n in members:
+                    self.group_of[n] = members
         self.colours = sorted({f.attr("colour") for f in plan.families})
         self.by_colour = {c: [f.name for f in plan.families if f.attr("colour") == c] for c in self.colours}
         if schedule not in ("colours", "layers"):
@@ -93,11 +100,12 @@ class Program:
 
     def _layers(self) -> list[list[str]]:
         """CP's ordered classes: the plan's ``layer`` attributes (backward-BFS layers from
-        the target, set by the color pass), in order."""
-        layer = {f.name: f.attr("layer") for f in self.plan.families}
-        if any(v is None for v in layer.values()):
+        the target, set by the color pass), in order, each split by colour (a layer of a graph
+        that is not bipartite may hold adjacent families)."""
+        key = {f.name: (f.attr("layer"), f.attr("colour")) for f in self.plan.families}
+        if any(v[0] is None for v in key.values()):
             raise ValueError("the plan has no CP layers; run the color pass")
-        return [[n for n in layer if layer[n] == d] for d in sorted(set(layer.values()))]
+        return [[n for n in key if key[n] == k] for k in sorted(set(key.values()))]
 
     def _topological(self) -> list[str]:
         import networkx as nx
@@ -158,7 +166,15 @@ class Program:
 
     def project_families(self, xp, names, z: dict, data: dict) -> dict:
         new = dict(z)
+        done = set()
         for name in names:
+            if name in done:
+                continue
+            group = self.group_of.get(name)
+            if group is not None and set(group) <= set(names):
+                self._project_group(xp, group, z, new)
+                done.update(group)
+                continue
             info = self.info[name]
             f = info.family
             if f.kind == "const":
@@ -185,6 +201,44 @@ class Program:
                     self._scatter(xp, es, n, x, new)
                 self._write_out(xp, info, y, new)
         return new
+
+    def _project_group(self, xp, group, z: dict, new: dict):
+        """One projection call for a fused group (fuse-projections): each member's nodes
+        flattened, vector ports zero-padded to the longest (primitives declaring
+        ``zero_padding`` only; otherwise the pass gave equal lengths), stacked, projected,
+        and split back."""
+        infos = [self.info[n] for n in group]
+        prim = infos[0].prim
+        per_port = [[] for _ in infos[0].in_ports]
+        ybars, weights, counts = [], [], []
+        for info in infos:
+            ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
+            ybar = self._mean_out(xp, info, z)
+            if info.has_unused:
+                ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
+            w = self._weight(xp, info, ybar.dtype)
+            count = math.prod(info.family.type.shape)
+            counts.append(count)
+            ybars.append(xp.reshape(ybar, (count,)))
+            weights.append(xp.reshape(xp.broadcast_to(xp.asarray(w, ybar.dtype), ybar.shape), (count,)))
+            for k, ((_, n, _), x) in enumerate(zip(info.in_ports, ins)):
+                per_port[k].append(xp.reshape(x, (count, n) if n else (count,)))
+        stacked = []
+        for k, parts in enumerate(per_port):
+            n = max(int(p.shape[1]) if p.ndim == 2 else 0 for p in parts)
+            if n:
+                parts = [p if p.shape[1] == n else xp.pad(p, ((0, 0), (0, n - p.shape[1]))) for p in parts]
+            stacked.append(xp.concatenate(parts, axis=0))
+        xs, y = prim.project(stacked, xp.concatenate(ybars), xp.concatenate(weights))
+        start = 0
+        for info, count in zip(infos, counts):
+            shape = info.family.type.shape
+            for (_, n, es), x in zip(info.in_ports, xs):
+                part = x[start : start + count]
+                part = xp.reshape(part[:, :n] if n else part, shape + ((n,) if n else ()))
+                self._scatter(xp, es, n, part, new)
+            self._write_out(xp, info, xp.reshape(y[start : start + count], shape), new)
+            start += count
 
     def _weight(self, xp, info, dtype):
         if not self.weighted:

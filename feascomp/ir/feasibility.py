@@ -540,8 +540,12 @@ def verify(m: FeasModule) -> None:
     kind = targets[0].attr("kind")
     if kind not in names("loss"):
         raise FeascompError(f"target uses unknown loss {kind!r}", where)
+    grouped = set()
     for g in m.groups:
         for name in g.members:
+            if name in grouped:
+                raise FeascompError(f"group @{g.name}: %{name} is already in another group", where)
+            grouped.add(name)
             f = seen.get(name)
             if f is None or f.kind != g.kind or f.attr("colour") != g.colour:
                 raise FeascompError(f"group @{g.name}: %{name} is not a {g.kind} family of colour {g.colour}", where)

@@ -16,14 +16,18 @@ from ..errors import FeascompError
 from ..ir import feasibility, tensor
 from ..ir.feasibility import FeasModule
 from .color import ColorPass
+from .fuse_projections import FuseProjectionsPass
 from .fuse_sum_relu import FuseSumReluPass
 from .insert_identities import InsertIdentitiesPass
 from .scalarize import ScalarizePass
 
-PASSES: dict[str, type] = {p.name: p for p in (ScalarizePass, FuseSumReluPass, InsertIdentitiesPass, ColorPass)}
+PASSES: dict[str, type] = {p.name: p for p in (ScalarizePass, FuseSumReluPass, InsertIdentitiesPass, ColorPass,
+                                               FuseProjectionsPass)}
 GROUP = "feascomp.passes"
 
 DEFAULT_PIPELINE = "scalarize,fuse-sum-relu,insert-identities,color"
+FUSED_PIPELINE = DEFAULT_PIPELINE + ",fuse-projections"
+NO_IDENTITIES_PIPELINE = "scalarize,fuse-sum-relu,color{general=true}"
 
 
 def available() -> dict[str, type]:

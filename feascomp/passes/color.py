@@ -39,33 +39,51 @@ def odd_cycle(g: nx.Graph) -> list[str]:
     return []
 
 
+def greedy_colouring(g: nx.Graph, target: str) -> dict[str, int]:
+    """A proper colouring with few colours: families in BFS order from the target, each
+    taking the least colour its coloured neighbours do not use (the target gets 0)."""
+    colour: dict[str, int] = {}
+    for comp in sorted(nx.connected_components(g), key=lambda c: (target not in c, min(c))):
+        root = target if target in comp else min(comp)
+        for n in [root] + [v for _, v in nx.bfs_edges(g, root)]:
+            used = {colour[u] for u in g[n] if u in colour}
+            colour[n] = next(c for c in range(len(used) + 1) if c not in used)
+    return colour
+
+
 @dataclasses.dataclass(frozen=True)
 class ColorPass:
-    """2-colour the family graph; colour 0 holds the target."""
+    """2-colour the family graph; colour 0 holds the target. With ``general`` a graph that is
+    not bipartite gets a greedy colouring with more colours (for CP; AP, DR and DM refuse it)."""
 
     name = "color"
     output_stage = "plan"
     input_level = "feasibility"
+    general: bool = False
 
     def run(self, m: FeasModule) -> FeasModule:
         g = family_graph(m)
-        if not nx.is_bipartite(g):
-            cycle = " - ".join(f"%{n}" for n in odd_cycle(g))
-            raise FeascompError(
-                f"the family graph is not bipartite (odd cycle {cycle}); 2-colour algorithms need "
-                "identity families on it",
-                Loc(m.name),
-            )
         target = next(f.name for f in m.families if f.kind == "target")
         colour: dict[str, int] = {}
         layer: dict[str, int] = {}
         reach = nx.single_source_shortest_path_length(g, target)
-        for comp in sorted(nx.connected_components(g), key=lambda c: target not in c):
-            root = target if target in comp else min(comp)
-            for n, d in nx.single_source_shortest_path_length(g.subgraph(comp), root).items():
-                colour[n] = d % 2
+        if not nx.is_bipartite(g):
+            if not self.general:
+                cycle = " - ".join(f"%{n}" for n in odd_cycle(g))
+                raise FeascompError(
+                    f"the family graph is not bipartite (odd cycle {cycle}); 2-colour algorithms need "
+                    "identity families on it (insert-identities), or use color{general=true} with CP",
+                    Loc(m.name),
+                )
+            colour = greedy_colouring(g, target)
+        else:
+            for comp in sorted(nx.connected_components(g), key=lambda c: target not in c):
+                root = target if target in comp else min(comp)
+                for n, d in nx.single_source_shortest_path_length(g.subgraph(comp), root).items():
+                    colour[n] = d % 2
         depth = max(reach.values()) + 1
-        for f in m.families:  # CP's classes: backward-BFS layers from the target (unreachable last)
+        for f in m.families:  # CP's classes: backward-BFS layers from the target (unreachable last),
+            # each intersected with the colour classes (the same thing when 2-coloured)
             layer[f.name] = reach.get(f.name, depth)
         fams = tuple(
             dataclasses.replace(

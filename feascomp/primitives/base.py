@@ -75,6 +75,7 @@ class Primitive:
     doc: str = ""
     kind: str = "function"
     fuses_sum: bool = False  # f(x) = g(1'x): fuse-sum-relu may merge a feeding sum into it
+    zero_padding: bool = False  # vector ports padded with zeros project as if unpadded (pads stay 0)
 
     def with_options(self, **options) -> "Primitive":
         unknown = set(options) - set(self.defaults)

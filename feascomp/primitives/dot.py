@@ -139,5 +139,6 @@ dot = register(
         project_rule=project_dot,
         shape_rule=_same_length,
         doc="z = <a, b>",
+        zero_padding=True,
     )
 )
