@@ -46,7 +46,7 @@ class ScalarGraph:
         self.loss_options = loss_options or {}
         self.views: dict = {}
         self.zeros = 0
-        self.like: dict[int, int] = {}  # constant-zero node -> a node of the value it pads
+        self.like: dict[int, str] = {}  # constant-zero node -> the value it pads
         for op in tensor.ops:
             self._lower(op)
         self._fuse()
@@ -99,11 +99,12 @@ class ScalarGraph:
 
     def _zero(self, b, like: int) -> int:
         """A constant-zero node (padding, the rest of a placed concat operand). It belongs to
-        the value it pads: CP projects it in the layer of node ``like``, one of that value's
-        nodes (as the materialized lowering writes padding with the producer's own edges)."""
+        the value it pads: CP projects it in that value's layer -- the least layer of its
+        nodes, as the family graph's BFS gives the producer family -- because the materialized
+        lowering writes padding with the producer's own edges."""
         self.zeros += 1
         nid = self._node("const", ("__zero__", b, (self.zeros,)))
-        self.like[nid] = like
+        self.like[nid] = self.nodes[like].key[0]
         return nid
 
     def _virtual_concat(self, op) -> bool:
@@ -256,7 +257,7 @@ class ScalarGraph:
             nodes.append(n)
         self.nodes = nodes
         self.index = {n.key: i for i, n in enumerate(nodes)}
-        self.like = {nmap[z]: nmap[n] for z, n in self.like.items() if n in nmap}
+        self.like = {nmap[z]: v for z, v in self.like.items()}
         self.E = len(self.src)
 
     def _colour(self):
@@ -277,8 +278,12 @@ class ScalarGraph:
         for i, n in enumerate(self.nodes):
             n.layer = dist[i] if dist[i] >= 0 else max(dist) + 1
             n.colour = n.layer % 2
-        for z, n in self.like.items():
-            self.nodes[z].layer = self.nodes[n].layer
+        least: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            if dist[i] >= 0 and i not in self.like:
+                least[n.key[0]] = min(least.get(n.key[0], dist[i]), dist[i])
+        for z, v in self.like.items():
+            self.nodes[z].layer = least.get(v, self.nodes[z].layer)
         for s, d in zip(self.src, self.dst):
             if self.nodes[s].colour == self.nodes[d].colour:
                 raise FeascompError("the scalar graph is not bipartite")
