@@ -259,3 +259,18 @@ def test_jax_cnn_trains_on_digits(digits):
     acc = solver.accuracy(params, digits.x_test, digits.y_test)
     print(f"jax CNN test accuracy {acc:.3f}")
     assert acc >= 0.40
+
+
+@pytest.mark.parametrize("fn,message", [
+    (lambda p, x: jax.lax.conv_general_dilated(x.reshape(1, 8, 8, 1), p["K"], (1, 1), "SAME", rhs_dilation=(2, 2),
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC")).max(axis=(1, 2))[0] @ p["W"],
+     "without dilation"),
+    (lambda p, x: jax.lax.reduce_window(x.reshape(8, 8, 1) @ p["K"][0, 0], -jnp.inf, jax.lax.max, (3, 3, 1), (1, 1, 1),
+                                        "SAME").max(axis=(0, 1)) @ p["W"],
+     "without padding"),
+], ids=["conv dilation", "padded max-pool"])
+def test_unsupported_layer_options_are_refused(fn, message, digits):
+    p = {"K": np.ones((3, 3, 1, 4), np.float32), "W": np.ones((4, 10), np.float32)}
+    with pytest.raises(feascomp.FeascompError) as e:
+        feascomp.compile(fn, p, digits.x_train[0])
+    assert message in e.value.message and e.value.loc is not None and e.value.loc.file == __file__

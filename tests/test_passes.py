@@ -295,3 +295,8 @@ def test_general_colouring_is_proper(n, seed):
     col = greedy_colouring(g, "f0")
     assert col["f0"] == 0 and all(col[u] != col[v] for u, v in g.edges())
     assert max(col.values()) <= max((d for _, d in g.degree()), default=0)
+
+
+def test_fuse_projections_needs_a_coloured_plan():
+    with pytest.raises(FeascompError, match="pass 'fuse-projections' failed: fuse-projections needs a coloured plan"):
+        run_pipeline(parse_model(mlp_source([2, 3, 2], [True])), parse_pipeline("scalarize,fuse-projections", batch=1))

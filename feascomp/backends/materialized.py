@@ -191,16 +191,21 @@ class Program:
             else:
                 if not info.out:
                     continue  # output unconstrained: the inputs are already feasible
-                ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
-                ybar = self._mean_out(xp, info, z)
-                if info.has_unused:  # nodes with no outgoing edge: their output is free, keep f(x)
-                    ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
-                w = self._weight(xp, info, ybar.dtype)
+                ins, ybar, w = self._read(xp, info, z)
                 new_ins, y = info.prim.project(ins, ybar, w)
                 for (_, n, es), x in zip(info.in_ports, new_ins):
                     self._scatter(xp, es, n, x, new)
                 self._write_out(xp, info, y, new)
         return new
+
+    def _read(self, xp, info, z: dict):
+        """A function family's projection arguments: its inputs per port, the mean of its
+        outgoing edges (a node with no outgoing edge is free: it keeps f(x)), its weight."""
+        ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
+        ybar = self._mean_out(xp, info, z)
+        if info.has_unused:
+            ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
+        return ins, ybar, self._weight(xp, info, ybar.dtype)
 
     def _project_group(self, xp, group, z: dict, new: dict):
         """One projection call for a fused group (fuse-projections): each member's nodes
@@ -212,11 +217,7 @@ class Program:
         per_port = [[] for _ in infos[0].in_ports]
         ybars, weights, counts = [], [], []
         for info in infos:
-            ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
-            ybar = self._mean_out(xp, info, z)
-            if info.has_unused:
-                ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
-            w = self._weight(xp, info, ybar.dtype)
+            ins, ybar, w = self._read(xp, info, z)
             count = math.prod(info.family.type.shape)
             counts.append(count)
             ybars.append(xp.reshape(ybar, (count,)))

@@ -105,6 +105,9 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
         raise FeascompError(f"in_axes must be None, 0 or 'auto', not {in_axes!r}")
     names, treedef = param_names(params)
     leaves = jax.tree_util.tree_leaves(params)
+    def batch_of_one(p, v):
+        return fn(p, v[None])[0]
+
     per_sample = fn
     if in_axes == 0:
         # A function written for batches is traced on one sample; if it cannot take one
@@ -112,8 +115,7 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
         try:
             jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
         except Exception:  # noqa: BLE001 - any failure of the per-sample call
-            def per_sample(p, v):
-                return fn(p, v[None])[0]
+            per_sample = batch_of_one
     closed = jax.make_jaxpr(lambda leaves, x: per_sample(jax.tree_util.tree_unflatten(treedef, leaves), x))(leaves, x)
     builder = _Builder()
     env = {}
@@ -180,9 +182,6 @@ class _Builder:
         name = self.fresh()
         self.ops.append(Op(opname, name, tuple(operands), tuple(attrs), _ttype(aval), _loc(eqn)))
         return name
-
-    def view(self, opname, v, aval, eqn, attrs):
-        return self.emit(opname, [v], aval, eqn, attrs)
 
     def conv(self, eqn, ins, aval):
         """conv_general_dilated on a batch of one (the per-sample trace gives N = 1): brought
@@ -319,23 +318,18 @@ class _Builder:
             return self.emit("affine", [v], aval, eqn, (("scale", c if prim == "mul" else 1.0 / c), ("shift", 0.0)))
         if prim in STRUCTURAL and (consts[0] if prim == "dynamic_slice" else any(consts)):
             self.refuse(eqn, f"{prim} of a constant is not supported (fold it outside the model)")
-        if prim == "reshape":
-            if eqn.params.get("dimensions") is not None:
+        if prim in ("reshape", "squeeze", "expand_dims"):
+            if prim == "reshape" and eqn.params.get("dimensions") is not None:
                 self.refuse(eqn, "reshape with a dimension order is not supported")
-            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
-        if prim == "squeeze":
-            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
-        if prim == "expand_dims":
-            return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
+            return self.emit("reshape", ins, aval, eqn, (("shape", list(aval.shape)),))
         if prim == "broadcast_in_dim":
             src = eqn.invars[0].aval
             dims = list(eqn.params["broadcast_dimensions"])
-            if all(aval.shape[d] == src.shape[i] for i, d in enumerate(dims)):  # only new length-1 axes
-                if src.size == aval.size:
-                    return self.view("reshape", ins[0], aval, eqn, (("shape", list(aval.shape)),))
-            return self.view("broadcast", ins[0], aval, eqn, (("shape", list(aval.shape)), ("dims", dims)))
+            if src.size == aval.size:  # only new length-1 axes: a reshape
+                return self.emit("reshape", ins, aval, eqn, (("shape", list(aval.shape)),))
+            return self.emit("broadcast", ins, aval, eqn, (("shape", list(aval.shape)), ("dims", dims)))
         if prim == "transpose":
-            return self.view("transpose", ins[0], aval, eqn, (("perm", list(eqn.params["permutation"])),))
+            return self.emit("transpose", ins, aval, eqn, (("perm", list(eqn.params["permutation"])),))
         if prim == "slice":
             strides = eqn.params.get("strides") or (1,) * len(aval.shape)
             v = ins[0]

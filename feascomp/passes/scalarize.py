@@ -50,7 +50,6 @@ class _Scalarize:
         # contraction stay virtual (port slices); any other use materializes them.
         self.views: dict[str, tuple[str, tuple, bool]] = {}
         self.concats: dict[str, Op] = {}
-        self.ops = {op.result: op for op in m.ops if op.result is not None}
 
     def run(self) -> FeasModule:
         from ..ir.tensor import primitive_op
