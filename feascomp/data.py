@@ -4,6 +4,8 @@
   label), shuffled with ``numpy.random.default_rng(0)``, first 4,000 train / last 1,000
   test; pixels scaled to [0, 1].
 - ``digits``: scikit-learn's 1,797 8x8 digits, shuffled the same way, 1,400 / 397; pixels / 16.
+- ``digits_tokens``: the same split with each pixel's intensity 0..16 as an integer token id
+  (for embedding models: ``input x : i32[64]``, a table of 17 rows).
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ class Dataset:
     num_classes: int = 10
 
 
-def _split(name, x, y, n_train) -> Dataset:
+def _split(name, x, y, n_train, dtype=np.float32) -> Dataset:
     perm = np.random.default_rng(0).permutation(len(x))
-    x, y = x[perm].astype(np.float32), y[perm].astype(np.int64)
+    x, y = x[perm].astype(dtype), y[perm].astype(np.int64)
     return Dataset(name, x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
@@ -48,7 +50,13 @@ def _digits() -> Dataset:
     return _split("digits", d.data / 16.0, d.target, 1400)
 
 
-DATASETS = {"mnist5k": _mnist5k, "digits": _digits}
+def _digits_tokens() -> Dataset:
+    d = _digits()
+    return Dataset("digits_tokens", *(np.rint(a * 16).astype(np.int32) if a.dtype == np.float32 else a
+                                      for a in (d.x_train, d.y_train, d.x_test, d.y_test)))
+
+
+DATASETS = {"mnist5k": _mnist5k, "digits": _digits, "digits_tokens": _digits_tokens}
 
 
 def load(name: str) -> Dataset:

@@ -156,6 +156,11 @@ class Solver:
         self.batch_size = int(plan.attr("batch"))
         self.input_name = self.program.consts[0]
         self.input_shape = plan.family(self.input_name).type.shape[1:]
+        # token ids (an i32 input read by embed): their dtype, and the rows of the smallest
+        # table they index (ids are checked against it before every update)
+        self.tokens = plan.family(self.input_name).type.dtype == "i32"
+        self.input_dtype = np.dtype(np.int32) if self.tokens else self.np_dtype
+        self.vocab = min((tensor.types()[op.operands[1]].shape[0] for op in tensor.by_kind("embed")), default=None)
         self.num_classes = plan.family(self.program.target).port_length("logits")
         self.backend = backends.load(backend)(self)
         self._apply = None
@@ -227,9 +232,23 @@ class Solver:
                 raise FeascompError(f"parameter {k} has shape {np.shape(params[k])}, the model declares {list(shape)}")
 
     # the update ---------------------------------------------------------------------------
+    def _ids(self, x):
+        """Token ids as int32, each checked to name a row of every table it indexes."""
+        x = np.asarray(x)
+        if x.size and not np.all(np.isfinite(x) & (x == np.round(x))):
+            raise FeascompError(f"input {self.input_name} holds token ids (i32), but the data are not integers "
+                                "(a float dataset given to an embedding model? use e.g. --dataset digits_tokens)")
+        if x.size and (x.min() < 0 or x.max() >= self.vocab):
+            raise FeascompError(f"token ids must lie in [0, {self.vocab}) (the embedding table's rows); "
+                                f"the data hold {int(x.min())}..{int(x.max())}")
+        return x.astype(np.int32)
+
+    def _input(self, x):
+        return self._ids(x) if self.tokens else np.asarray(x, DTYPES[self.dtype])
+
     def _batch(self, x, y):
         dt = DTYPES[self.dtype]
-        x = np.asarray(x, dt)
+        x = self._input(x)
         if x.shape != (self.batch_size,) + self.input_shape:
             raise FeascompError(
                 f"batch has shape {list(x.shape)}; this solver was compiled for "
@@ -265,7 +284,7 @@ class Solver:
         if self._apply is None:
             self._apply = jax.jit(lambda p, x: evaluate(jnp, self.tensor, p, {self.input_name: x}))
         with _x64(self.dtype):
-            return self._apply(self._flat(params), np.asarray(x, DTYPES[self.dtype]))
+            return self._apply(self._flat(params), self._input(x))
 
     def accuracy(self, params: dict, x, y) -> float:
         return float(np.mean(np.argmax(np.asarray(self.apply(params, x)), -1) == np.asarray(y)))

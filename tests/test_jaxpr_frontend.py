@@ -182,6 +182,35 @@ def test_flax_linen_mlp_trains(digits):
     assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
 
 
+def test_flax_nnx_mlp_trains(digits):
+    """An nnx module: split into a graph definition and its Param state; the state is the
+    parameter pytree, merged back inside the function feascomp traces."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(64, 32, rngs=rngs)
+            self.l2 = nnx.Linear(32, 10, use_bias=False, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.relu(self.l1(x)))
+
+    model = MLP(nnx.Rngs(0))
+    graphdef, state = nnx.split(model, nnx.Param)
+
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    s = feascomp.compile(apply, state, digits.x_train[0], batch_size=64, steps=50)
+    assert "%l1_kernel_value = param()" in s.dump("tensor")
+    params, _, _ = fit(s, digits, 25, seed=0, params=state)
+    assert type(params) is type(state)
+    nnx.update(model, params)  # the trained state goes back into the module
+    acc = float(np.mean(np.argmax(np.asarray(model(digits.x_test)), -1) == digits.y_test))
+    assert acc == pytest.approx(s.accuracy(params, digits.x_test, digits.y_test))
+    assert acc >= 0.80
+
+
 def test_exception_in_the_users_function_is_located(fc_solver, digits):
     def f(p, x):
         return x @ p["W9"]  # no such parameter
@@ -274,3 +303,69 @@ def test_unsupported_layer_options_are_refused(fn, message, digits):
     with pytest.raises(feascomp.FeascompError) as e:
         feascomp.compile(fn, p, digits.x_train[0])
     assert message in e.value.message and e.value.loc is not None and e.value.loc.file == __file__
+
+
+# embedding lookups (gather) ---------------------------------------------------------------------
+def _embed_index(p, x):
+    return jax.nn.relu(p["E"][x].reshape(-1) @ p["W1"] + p["b1"]) @ p["W2"]
+
+
+def _embed_take_batched(p, x):  # written for batches
+    e = jnp.take(p["E"], x, axis=0).reshape(x.shape[0], -1)
+    return jax.nn.relu(e @ p["W1"] + p["b1"]) @ p["W2"]
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return data.load("digits_tokens")
+
+
+@pytest.mark.parametrize("fn", [_embed_index, _embed_take_batched], ids=["E[x]", "jnp.take batched"])
+def test_embedding_lookup_compiles_to_the_fc_models_ir(fn, tokens):
+    """Same plan as the .fc model (the batch-written spelling adds reshapes of the batch of one);
+    same iterates in float64."""
+    fc = feascomp.compile("examples/digits_embed.fc", batch_size=64, steps=5, dtype="float64")
+    p0 = fc.init_params(0)
+    example = tokens.x_train[0] if fn is _embed_index else tokens.x_train[:64]
+    js = feascomp.compile(fn, p0, example, batch_size=64, steps=5, loss_options={"lam": 5.0}, dtype="float64")
+    assert "embed(%x, %E)" in js.dump("tensor")
+    if fn is _embed_index:
+        assert canonical(js.dump("plan")) == canonical(fc.dump("plan"))
+    x, y = tokens.x_train[:64], tokens.y_train[:64]
+    np.testing.assert_allclose(np.asarray(js.apply(p0, x)), np.asarray(jax.vmap(lambda v: _embed_index({k: jnp.asarray(a) for k, a in p0.items()}, v))(x)),
+                               rtol=1e-5, atol=1e-5)
+    pf, _, _ = fc.update(fc.init(p0), x, y)
+    pj, _, _ = js.update(js.init(p0), x, y)
+    for k in pf:
+        np.testing.assert_allclose(np.asarray(pj[k]), np.asarray(pf[k]), rtol=1e-9, atol=1e-12)
+
+
+def test_flax_linen_embed_trains(tokens):
+    nn = pytest.importorskip("flax.linen")
+
+    class Bag(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            e = nn.Embed(17, 4)(x).reshape(-1)
+            return nn.Dense(10, use_bias=False)(nn.relu(nn.Dense(32)(e)))
+
+    model = Bag()
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros(64, jnp.int32))
+    s = feascomp.compile(model.apply, params, tokens.x_train[0], batch_size=64, steps=50, loss_options={"lam": 5.0})
+    assert "embed(%x, %params_Embed_0_embedding)" in s.dump("tensor")
+    params, _, _ = fit(s, tokens, 30, seed=0, params=params)
+    acc = s.accuracy(params, tokens.x_test, tokens.y_test)
+    print(f"flax Embed test accuracy {acc:.3f}")
+    assert acc >= 0.70
+
+
+@pytest.mark.parametrize("fn", [
+    lambda p, x: (x.astype(jnp.float32) @ p["W"]),
+    lambda p, x: p["E"][x * 2].reshape(-1) @ p["W"],
+    lambda p, x: p["E"][:, x].reshape(-1) @ p["W"],
+], ids=["ids as floats", "arithmetic on ids", "gather along another axis"])
+def test_other_uses_of_integer_inputs_are_refused(fn, tokens):
+    p = {"E": np.ones((17, 4), np.float32), "W": np.ones((64, 10), np.float32)}
+    with pytest.raises(feascomp.FeascompError) as e:
+        feascomp.compile(fn, p, tokens.x_train[0])
+    assert e.value.loc is not None and e.value.loc.file == __file__

@@ -120,7 +120,7 @@ def test_projection_makes_each_colours_constraints_hold():
                 for e in info.out:
                     np.testing.assert_allclose(p[e.key], e.map.apply(np, y, e.type.shape), atol=1e-9)
             elif f.kind == "param":
-                mean = prog._mean_out(np, info, p)
+                mean = prog._mean_out(np, info, p, data)
                 for e in info.out:
                     np.testing.assert_allclose(p[e.key], e.map.apply(np, mean, e.type.shape), atol=1e-12)
             elif f.kind == "const":

@@ -27,7 +27,7 @@ class JaxBackend:
         def update(params, x, onehot, z=None):
             data = {input_name: x, "__labels__": onehot}
             if z is None:
-                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data))
+                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data)
 
             def project(c, z):
                 return prog.project(jnp, c, z, data)
@@ -40,7 +40,7 @@ class JaxBackend:
                 return z, out
 
             z, residuals = jax.lax.scan(body, z, None, length=K)
-            return prog.param_means(jnp, alg.shadow(project, z), params), residuals, z
+            return prog.param_means(jnp, alg.shadow(project, z), params, data), residuals, z
 
         return update
 
@@ -50,7 +50,7 @@ class JaxBackend:
         if self._compiled is not None:
             return 0.0
         s = self.solver
-        x = np.zeros((s.batch_size,) + s.input_shape, s.np_dtype)
+        x = np.zeros((s.batch_size,) + s.input_shape, s.input_dtype)
         y = np.zeros((s.batch_size, s.num_classes), s.np_dtype)
         t0 = time.perf_counter()
         with s.precision():

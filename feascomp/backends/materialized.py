@@ -16,7 +16,9 @@ Projection onto colour c (Theorem 2: the families of a colour touch disjoint edg
 - target:    in-edges <- prox(in-edges, labels)
 
 The mean of a producer's out-edges is sum_e map_e^T(z_e) / deg, deg = sum_e map_e^T(1).
-A producer with no outgoing edge this step (deg = 0) keeps its value.
+A producer with no outgoing edge this step (deg = 0) keeps its value. Degrees are static
+except where an out-edge gathers at runtime indices (an embedding table): then they are
+counted from the batch's indices (the same scatter-add applied to ones).
 """
 from __future__ import annotations
 
@@ -35,18 +37,19 @@ class _FamilyInfo:
     family: Family
     in_ports: list[tuple[str, int, list[Edge]]]  # (port, length, edges sorted by start)
     out: list[Edge]
-    degree: Any  # float if uniform, else np.ndarray shaped like the family; 0 = no out-edges
+    degree: Any  # float if uniform, else np.ndarray shaped like the family; 0 = no out-edges;
+    # None: counted per batch (an out-edge gathers at runtime indices)
     prim: Any = None
 
     @property
-    def has_unused(self) -> bool:
-        """Some (not all) nodes have no outgoing edge (a pixel a stride skips)."""
-        return not isinstance(self.degree, float) and bool(np.any(self.degree == 0))
+    def runtime(self) -> bool:
+        return self.degree is None
 
     @property
-    def divisor(self):
-        """The degree to divide sums of outgoing edges by (at least 1 where it is an array)."""
-        return self.degree if isinstance(self.degree, float) else np.maximum(self.degree, 1)
+    def has_unused(self) -> bool:
+        """Some (not all) nodes may have no outgoing edge (a pixel a stride skips, an
+        embedding row no token of the batch names)."""
+        return self.runtime or (not isinstance(self.degree, float) and bool(np.any(self.degree == 0)))
 
 
 class Program:
@@ -84,12 +87,14 @@ class Program:
         self.params = [f.name for f in plan.families if f.kind == "param"]
         self.consts = [f.name for f in plan.families if f.kind == "const"]
         self.target = next(f.name for f in plan.families if f.kind == "target")
-        self.dtype = plan.families[0].type.np_dtype
+        self.dtype = next((f.type.np_dtype for f in plan.families if f.type.dtype != "i32"), np.dtype(np.float32))
 
     @staticmethod
     def _degree(f: Family, out: list[Edge]):
         if not out:
             return 0.0
+        if any(e.map.runtime for e in out):
+            return None
         deg = np.zeros(f.type.shape)
         for e in out:
             deg = deg + e.map.transpose(np, np.ones(e.type.shape), f.type.shape)
@@ -132,12 +137,13 @@ class Program:
             elif f.kind == "param":
                 vals[name] = params[name]
             elif f.is_function:
-                ins = [self._gather(xp, es, n, lambda e: e.map.apply(xp, vals[e.src], e.type.shape)) for _, n, es in info.in_ports]
+                ins = [self._gather(xp, es, n, lambda e: e.map.apply(xp, vals[e.src], e.type.shape, data))
+                       for _, n, es in info.in_ports]
                 vals[name] = info.prim.forward(*ins)
         return vals
 
-    def init_edges(self, xp, vals: dict) -> dict:
-        return {e.key: e.map.apply(xp, vals[e.src], e.type.shape) for e in self.plan.edges}
+    def init_edges(self, xp, vals: dict, data: dict) -> dict:
+        return {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data) for e in self.plan.edges}
 
     # projection --------------------------------------------------------------------------
     @staticmethod
@@ -147,17 +153,30 @@ class Program:
         parts = [read(e) for e in edges]
         return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
 
-    def _mean_out(self, xp, info: _FamilyInfo, z: dict):
+    def _sum_out(self, xp, info: _FamilyInfo, z: dict, data: dict):
         total = None
         for e in info.out:
-            t = e.map.transpose(xp, z[e.key], info.family.type.shape)
+            t = e.map.transpose(xp, z[e.key], info.family.type.shape, data)
             total = t if total is None else total + t
-        div = info.divisor
-        return total / (div if isinstance(div, float) else xp.asarray(div, total.dtype))
+        return total
 
-    def _write_out(self, xp, info, value, new: dict):
+    def degree(self, xp, info: _FamilyInfo, data: dict, dtype):
+        """A family's out-degree: a float, a NumPy array (static), or an array counted from
+        this batch's indices (a runtime gather)."""
+        if not info.runtime:
+            return info.degree
+        return self._sum_out(xp, info, {e.key: xp.ones(e.type.shape, dtype) for e in info.out}, data)
+
+    def _mean_out(self, xp, info: _FamilyInfo, z: dict, data: dict, deg=None):
+        total = self._sum_out(xp, info, z, data)
+        deg = self.degree(xp, info, data, total.dtype) if deg is None else deg
+        if isinstance(deg, float):
+            return total / deg
+        return total / xp.maximum(xp.asarray(deg, total.dtype), 1)
+
+    def _write_out(self, xp, info, value, new: dict, data: dict):
         for e in info.out:
-            new[e.key] = e.map.apply(xp, value, e.type.shape)
+            new[e.key] = e.map.apply(xp, value, e.type.shape, data)
 
     def project(self, xp, c: int, z: dict, data: dict) -> dict:
         """P_c(z) for class c of the schedule (a colour, or a CP layer): a new state in
@@ -172,17 +191,17 @@ class Program:
                 continue
             group = self.group_of.get(name)
             if group is not None and set(group) <= set(names):
-                self._project_group(xp, group, z, new)
+                self._project_group(xp, group, z, new, data)
                 done.update(group)
                 continue
             info = self.info[name]
             f = info.family
             if f.kind == "const":
-                self._write_out(xp, info, data[name], new)
+                self._write_out(xp, info, data[name], new, data)
             elif f.kind == "param":
                 if not info.out:
                     continue
-                self._write_out(xp, info, self._mean_out(xp, info, z), new)
+                self._write_out(xp, info, self._mean_out(xp, info, z, data), new, data)
             elif f.kind == "target":
                 (_, n, es), = info.in_ports
                 logits = self._gather(xp, es, n, lambda e: z[e.key])
@@ -191,23 +210,24 @@ class Program:
             else:
                 if not info.out:
                     continue  # output unconstrained: the inputs are already feasible
-                ins, ybar, w = self._read(xp, info, z)
+                ins, ybar, w = self._read(xp, info, z, data)
                 new_ins, y = info.prim.project(ins, ybar, w)
                 for (_, n, es), x in zip(info.in_ports, new_ins):
                     self._scatter(xp, es, n, x, new)
-                self._write_out(xp, info, y, new)
+                self._write_out(xp, info, y, new, data)
         return new
 
-    def _read(self, xp, info, z: dict):
+    def _read(self, xp, info, z: dict, data: dict):
         """A function family's projection arguments: its inputs per port, the mean of its
         outgoing edges (a node with no outgoing edge is free: it keeps f(x)), its weight."""
         ins = [self._gather(xp, es, n, lambda e: z[e.key]) for _, n, es in info.in_ports]
-        ybar = self._mean_out(xp, info, z)
+        deg = self.degree(xp, info, data, ins[0].dtype)
+        ybar = self._mean_out(xp, info, z, data, deg)
         if info.has_unused:
-            ybar = xp.where(xp.asarray(info.degree > 0), ybar, info.prim.forward(*ins))
-        return ins, ybar, self._weight(xp, info, ybar.dtype)
+            ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
+        return ins, ybar, self._weight(xp, deg, ybar.dtype)
 
-    def _project_group(self, xp, group, z: dict, new: dict):
+    def _project_group(self, xp, group, z: dict, new: dict, data: dict):
         """One projection call for a fused group (fuse-projections): each member's nodes
         flattened, vector ports zero-padded to the longest (primitives declaring
         ``zero_padding`` only; otherwise the pass gave equal lengths), stacked, projected,
@@ -217,7 +237,7 @@ class Program:
         per_port = [[] for _ in infos[0].in_ports]
         ybars, weights, counts = [], [], []
         for info in infos:
-            ins, ybar, w = self._read(xp, info, z)
+            ins, ybar, w = self._read(xp, info, z, data)
             count = math.prod(info.family.type.shape)
             counts.append(count)
             ybars.append(xp.reshape(ybar, (count,)))
@@ -238,14 +258,14 @@ class Program:
                 part = x[start : start + count]
                 part = xp.reshape(part[:, :n] if n else part, shape + ((n,) if n else ()))
                 self._scatter(xp, es, n, part, new)
-            self._write_out(xp, info, xp.reshape(y[start : start + count], shape), new)
+            self._write_out(xp, info, xp.reshape(y[start : start + count], shape), new, data)
             start += count
 
-    def _weight(self, xp, info, dtype):
+    def _weight(self, xp, deg, dtype):
+        """The projection's weight on the output: its out-degree (at least 1), or 1."""
         if not self.weighted:
             return 1.0
-        div = info.divisor
-        return div if isinstance(div, float) else xp.asarray(div, dtype)
+        return deg if isinstance(deg, float) else xp.maximum(xp.asarray(deg, dtype), 1)
 
     @staticmethod
     def _scatter(xp, edges, n, x, new):
@@ -256,18 +276,19 @@ class Program:
             new[e.key] = x[..., e.start : e.stop]
 
     # readout -----------------------------------------------------------------------------
-    def param_means(self, xp, z: dict, previous: dict) -> dict:
+    def param_means(self, xp, z: dict, previous: dict, data: dict) -> dict:
         """Each parameter as the mean of its outgoing edges; a parameter (or an entry of
-        one) with no outgoing edge keeps its previous value."""
+        one, e.g. an embedding row no token of the batch names) with no outgoing edge keeps
+        its previous value."""
         out = {}
         for p in self.params:
             info = self.info[p]
             if not info.out:
                 out[p] = previous[p]
-            elif isinstance(info.degree, float):
-                out[p] = self._mean_out(xp, info, z)
-            else:
-                out[p] = xp.where(xp.asarray(info.degree > 0), self._mean_out(xp, info, z), previous[p])
+                continue
+            deg = self.degree(xp, info, data, previous[p].dtype)
+            mean = self._mean_out(xp, info, z, data, deg)
+            out[p] = mean if isinstance(deg, float) else xp.where(xp.asarray(deg) > 0, mean, previous[p])
         return out
 
     def family_distances(self, xp, s: dict, data: dict):

@@ -21,16 +21,27 @@ class NumpyBackend:
                 f"edges (limit {MAX_SCALAR_EDGES:,}): use --backend jax, or a smaller model or batch"
             )
         self.solver = solver
-        self.graph = ScalarGraph(solver.tensor, solver.batch_size, weighted=solver.weighted, loss_options=solver.loss_options)
-        self.classes = self.graph.by_layer if solver.algorithm.uses_layers else self.graph.by_colour
+        self.graph = None if solver.tokens else self._build(None)
+
+    def _build(self, tokens):
+        s = self.solver
+        g = ScalarGraph(s.tensor, s.batch_size, weighted=s.weighted, loss_options=s.loss_options, tokens=tokens)
+        self.classes = g.by_layer if s.algorithm.uses_layers else g.by_colour
+        return g
 
     def compile(self, params) -> float:
         return 0.0
 
     def update(self, params, x, onehot, edges=None):
-        s, g = self.solver, self.graph
+        s = self.solver
         dt = s.np_dtype
-        x = np.asarray(x, dt)
+        if s.tokens:  # which table rows feed which nodes depends on the batch: a graph per batch
+            if edges is not None:
+                raise FeascompError("the numpy backend cannot warm-start a model with token ids (its graph changes per batch)")
+            g = self.graph = self._build(np.asarray(x))
+        else:
+            g = self.graph
+        x = np.asarray(x, s.input_dtype)
         onehot = np.asarray(onehot, dt)
         if s.monitor:
             raise NotImplementedError("the numpy backend reports step residuals only")

@@ -35,8 +35,10 @@ class Node:
 
 
 class ScalarGraph:
-    def __init__(self, tensor: TensorModule, batch: int, *, weighted: bool = False, loss_options: dict | None = None):
+    def __init__(self, tensor: TensorModule, batch: int, *, weighted: bool = False, loss_options: dict | None = None,
+                 tokens: np.ndarray | None = None):
         self.tensor, self.batch, self.weighted = tensor, batch, weighted
+        self.tokens = tokens  # the batch's token ids, for a model with embed (its graph depends on them)
         self.nodes: list[Node] = []
         self.src: list[int] = []  # edge -> producer node
         self.dst: list[int] = []  # edge -> consumer node
@@ -85,6 +87,11 @@ class ScalarGraph:
         if op.opname == "broadcast":
             shape = self.types[op.operands[0]].shape
             return self._producer(op.operands[0], b, tuple(0 if shape[i] == 1 else idx[d] for i, d in enumerate(op.attr("dims"))))
+        if op.opname == "embed":  # element (t..., d...) is row tokens[b, t...] of the table
+            ids, table = op.operands
+            r = self.types[ids].rank
+            row = int(self.tokens[b][tuple(idx[:r])])
+            return self._producer(table, b, (row,) + tuple(idx[r:]))
         if op.opname == "slice":
             ax = op.attr("axis")
             return self._producer(op.operands[0], b, idx[:ax] + (op.attr("start") + idx[ax] * op.attr("step"),) + idx[ax + 1:])
@@ -128,6 +135,10 @@ class ScalarGraph:
             return
         samples = range(self.batch)
         if kind == "input":
+            if op.type.dtype == "i32":  # token ids: they choose edges, they are not nodes
+                if self.tokens is None:
+                    raise FeascompError("a model with token ids needs the batch's ids to build its scalar graph", op.loc)
+                return
             for b in samples:
                 for idx in itertools.product(*map(range, op.type.shape)):
                     self._node("const", (op.result, b, idx))
@@ -142,7 +153,7 @@ class ScalarGraph:
                 for c in range(self.types[v].shape[0]):
                     self._edge(self._producer(v, b, (c,)), t, "logits", True)
             return
-        if kind in ("reshape", "transpose", "slice", "broadcast") or (kind == "concat" and self._virtual_concat(op)):
+        if kind in ("reshape", "transpose", "slice", "broadcast", "embed") or (kind == "concat" and self._virtual_concat(op)):
             self.views[op.result] = op
             return
         ts = [self.types[v] for v in op.operands]

@@ -38,6 +38,7 @@ STRUCTURAL = {
     "transpose": (1, {"perm": ...}),
     "concat": (None, {"axis": -1}),
     "slice": (1, {"axis": 0, "start": 0, "stop": ..., "step": 1}),
+    "embed": (2, {}),
 }
 # DSL keyword -> primitive option name (``lambda`` is reserved in Python).
 OPTION_ALIASES = {"lambda": "lam"}
@@ -374,6 +375,8 @@ class _Lower:
                 raise bad("step", "slice: step must be a positive integer")
             return self._emit("slice", operands, node, result,
                               (("axis", ax), ("start", bounds[0]), ("stop", bounds[1]), ("step", step)))
+        if name == "embed":
+            return self._emit("embed", operands, node, result)
         raise AssertionError(name)
 
     def _padding(self, v, k, stride, x, where, name):

@@ -10,7 +10,11 @@ dot_general (a vector or matrix times a matrix contracted on its first axis: ``x
 ``jnp.dot``, ``jnp.einsum("i,ij->j")``), add / add_any, sub, mul and div by constants,
 max (``max(x, 0)`` is relu; ``jax.nn.relu``'s custom_jvp_call is inlined), neg,
 convert_element_type and copy (aliases), and nested jit / pjit / closed_call /
-core_call bodies (inlined). Types come from ``jax.extend.core``.
+core_call bodies (inlined); reshape, squeeze, expand_dims, broadcast_in_dim, transpose,
+slice, dynamic_slice, concatenate, reduce_max, reduce_window_max, conv_general_dilated;
+gather as an embedding lookup when the input is integer token ids (``table[ids]``,
+``jnp.take(table, ids, axis=0)``, ``flax.linen.Embed``, with jnp's negative-index wrap).
+Types come from ``jax.extend.core``.
 """
 from __future__ import annotations
 
@@ -26,8 +30,11 @@ CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_v
 STRUCTURAL = {"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose", "slice", "dynamic_slice",
               "concatenate", "reduce_max", "conv_general_dilated", "reduce_window_max"}
 SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy",
-                    "copy_p"} | CALLS | STRUCTURAL)
-DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+                    "copy_p", "gather"} | CALLS | STRUCTURAL)
+DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.int32): "i32",
+               np.dtype(np.int64): "i32"}
+INDEX_PRIMS = {"lt", "add", "select_n", "broadcast_in_dim", "reshape", "expand_dims", "squeeze", "convert_element_type",
+               "copy", "copy_p", "gather"}
 
 
 def param_names(params) -> tuple[list[str], object]:
@@ -126,8 +133,9 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
         env[v] = n
     xin = jaxpr.invars[len(leaves)]
     builder.ops.append(Op("input", "x", (), (), _ttype(xin.aval)))
-    env[xin] = "x"
+    env[xin] = _Index("x", tuple(xin.aval.shape)) if np.issubdtype(xin.aval.dtype, np.integer) else "x"
     builder.used = set(names) | {"x"}
+    builder.types_of_input = tuple(xin.aval.shape)
     for cv, cval in zip(jaxpr.constvars, closed.consts):
         env[cv] = _Const(np.asarray(cval))
     builder.inline(jaxpr, env)
@@ -156,6 +164,16 @@ class _Const:
         if self.value.size != 1:
             return None
         return float(self.value.reshape(()))
+
+
+class _Index:
+    """Integer token ids derived from the integer input: the input itself (as ``shape``, a
+    reshape of it), ``neg`` (ids < 0) or ``shift`` (ids + rows) on the way to
+    ``where(ids < 0, ids + rows, ids)`` -- jnp's wrap of negative indices, a no-op for the
+    in-range ids the solver admits."""
+
+    def __init__(self, name, shape, form="ids", shift=0):
+        self.name, self.shape, self.form, self.shift = name, tuple(shape), form, shift
 
 
 class _Builder:
@@ -280,7 +298,51 @@ class _Builder:
                 self.refuse(eqn)
             env[outs[0]] = self.lower(eqn, prim, ins, outs[0].aval)
 
+    def index(self, eqn, prim, ins, aval):
+        """An equation on token ids: the steps of an embedding lookup (``E[ids]``,
+        ``jnp.take(E, ids, axis=0)``, ``flax.linen.Embed``), ending in a gather of the
+        table's rows. Anything else computed from the ids is refused."""
+        idx = [a for a in ins if isinstance(a, _Index)]
+        i = idx[0]
+        why = ("integer inputs are supported only as token ids of an embedding lookup (table[ids], "
+               f"jnp.take(table, ids, axis=0)); got {prim}")
+        if prim not in INDEX_PRIMS:
+            self.refuse(eqn, why)
+        if prim in ("convert_element_type", "copy", "copy_p") and i.form == "ids" and np.issubdtype(aval.dtype, np.integer):
+            return i
+        if prim == "lt" and i.form == "ids" and isinstance(ins[1], _Const) and ins[1].scalar() == 0:
+            return _Index(i.name, i.shape, "neg")
+        if prim == "add" and i.form == "ids" and any(isinstance(a, _Const) for a in ins):
+            c = next(a for a in ins if isinstance(a, _Const)).scalar()
+            if c is not None:
+                return _Index(i.name, i.shape, "shift", int(c))
+        if prim == "select_n" and len(ins) == 3 and all(isinstance(a, _Index) for a in ins):
+            pred, a, b = ins
+            if pred.form == "neg" and a.form == "ids" and b.form == "shift" and len({pred.name, a.name, b.name}) == 1:
+                return a
+        if prim in ("broadcast_in_dim", "reshape", "expand_dims", "squeeze") and i.form == "ids" \
+                and int(np.prod(aval.shape)) == int(np.prod(i.shape)):
+            return _Index(i.name, aval.shape)
+        if prim == "gather" and ins[1] is i and i.form == "ids" and isinstance(ins[0], str):
+            table = eqn.invars[0].aval
+            dn = eqn.params["dimension_numbers"]
+            lead = i.shape[:-1]
+            ok = (i.shape[-1:] == (1,) and tuple(dn.offset_dims) == tuple(range(len(lead), len(lead) + table.ndim - 1))
+                  and tuple(dn.collapsed_slice_dims) == (0,) and tuple(dn.start_index_map) == (0,)
+                  and not tuple(getattr(dn, "operand_batching_dims", ())) and tuple(eqn.params["slice_sizes"]) == (1,) + tuple(table.shape[1:]))
+            if ok:
+                x = self.types_of_input
+                rows = self.emit("embed", [i.name, ins[0]], aval.update(shape=x + tuple(table.shape[1:])), eqn)
+                if x != lead:
+                    rows = self.emit("reshape", [rows], aval, eqn, (("shape", list(aval.shape)),))
+                return rows
+            self.refuse(eqn, "gather is supported as an embedding lookup (rows of a table at token ids: table[ids], "
+                        "jnp.take(table, ids, axis=0))")
+        self.refuse(eqn, why)
+
     def lower(self, eqn, prim, ins, aval):
+        if any(isinstance(a, _Index) for a in ins):
+            return self.index(eqn, prim, ins, aval)
         consts = [isinstance(a, _Const) for a in ins]
         if all(consts) and ins:
             self.refuse(eqn, f"{prim} of constants only is not supported (fold it outside the model)")

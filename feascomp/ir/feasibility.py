@@ -47,6 +47,7 @@ class BroadcastMap:
 
     src_axes: tuple[int, ...]
     kind = "bcast"
+    runtime = False
 
     def text(self, edge_rank: int) -> str:
         letters = "abcdefghijklmnopqrstuvwxyz"
@@ -335,7 +336,49 @@ class Expand:
         return xp.reshape(xp.sum(y, axis=axes, keepdims=True) if axes else y, in_shape)
 
 
-STEP_KINDS = {c.kind: c for c in (Reshape, Permute, Slice, Place, Window, Expand)}
+@dataclasses.dataclass(frozen=True)
+class Gather:
+    """Rows of the source at runtime indices (an embedding lookup): [V, ...] -> shape + [...],
+    entry (i, ...) = source[ids[i], ...] with ``ids = data[index]`` (an i32 const family of
+    ``shape``, batch axis included). Its adjoint adds each entry back into its row (a
+    scatter-add), so a row's out-degree is counted per batch and a row no index names has
+    none (it keeps its value)."""
+
+    index: str
+    shape: tuple[int, ...]
+    kind = "gather"
+    runtime = True
+
+    def attrs(self):
+        return (("index", self.index), ("shape", list(self.shape)))
+
+    @staticmethod
+    def from_attrs(a):
+        return Gather(str(a["index"]), tuple(int(d) for d in a["shape"]))
+
+    def out_shape(self, s):
+        if len(s) < 1:
+            return f"gather needs a table of rank >= 1, got {list(s)}"
+        return tuple(self.shape) + tuple(s[1:])
+
+    def apply(self, xp, x, data=None):
+        ids = data[self.index]
+        return x[ids] if xp is np else xp.take(x, ids, axis=0)
+
+    def transpose(self, xp, y, in_shape, data=None):
+        ids = data[self.index].reshape(-1)
+        rows = xp.reshape(y, (ids.shape[0], -1))
+        if xp is np:
+            out = np.zeros((in_shape[0], rows.shape[1]), y.dtype)
+            np.add.at(out, ids, rows)
+        else:
+            import jax
+
+            out = jax.ops.segment_sum(rows, ids, num_segments=in_shape[0])
+        return xp.reshape(out, in_shape)
+
+
+STEP_KINDS = {c.kind: c for c in (Reshape, Permute, Slice, Place, Window, Expand, Gather)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +411,11 @@ class ChainMap:
         if isinstance(shapes, str):
             return shapes
         return self.final.check(shapes[-1], edge_shape)
+
+    @property
+    def runtime(self) -> bool:
+        """Some step reads runtime data (indices): the out-degree is counted per batch."""
+        return any(getattr(s, "runtime", False) for s in self.steps)
 
     def apply(self, xp, src, edge_shape, data=None):
         x = src
@@ -523,6 +571,14 @@ def verify(m: FeasModule) -> None:
         err = e.map.check(src.type.shape, e.type.shape)
         if err:
             raise FeascompError(f"edge {e.key}: {err}", where)
+        for step in getattr(e.map, "steps", ()):
+            if step.kind == "gather":
+                idx = seen.get(step.index)
+                if idx is None or idx.kind != "const" or idx.type.dtype != "i32" or idx.type.shape != step.shape:
+                    raise FeascompError(f"edge {e.key}: gather needs an i32 const family %{step.index} of shape "
+                                        f"{list(step.shape)}", where)
+        if src.type.dtype == "i32":
+            raise FeascompError(f"edge {e.key} leaves %{e.src}, which holds integer indices (only gather reads them)", where)
     # every port position is covered exactly once
     for f in m.families:
         for pn, n in f.ports:

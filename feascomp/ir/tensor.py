@@ -234,6 +234,20 @@ def _eval_max_pool(xp, op, x):
     return xp.max(Window(tuple(op.attr("window")), tuple(op.attr("stride")), (0, 0, 0, 0)).apply(xp, x), axis=-2)
 
 
+def _embed(op, ts):
+    ids, table = ts
+    if ids.dtype != "i32":
+        return f"embed needs integer token ids (an i32 input) first, got {ids}"
+    if table.dtype == "i32" or table.rank < 1:
+        return f"embed needs a float table [rows, ...] second, got {table}"
+    return table.with_shape(ids.shape + table.shape[1:])
+
+
+def _eval_embed(xp, op, ids, table):
+    """Rows of the table (unbatched) at the ids (batched): ids.shape + row shape."""
+    return xp.take(table, ids, axis=0)
+
+
 def _eval_concat(xp, op, *xs, lead=0):
     batch = next(x.shape[:lead] for x in xs if x.ndim == lead + op.type.rank)
     full = [x if x.ndim == lead + op.type.rank else xp.broadcast_to(x, batch + tuple(x.shape)) for x in xs]
@@ -258,6 +272,7 @@ OPS: dict[str, OpDef] = {
     "max_pool": OpDef(1, _max_pool, evaluate=_eval_max_pool),
     "reduce_max": OpDef(1, _reduce_max, evaluate=lambda xp, op, a: xp.max(
         a, axis=tuple(x + a.ndim - op.type.rank - len(op.attr("axes")) for x in op.attr("axes")))),
+    "embed": OpDef(2, _embed, evaluate=_eval_embed),
     "output": OpDef(1, lambda op, ts: None, has_result=False),
     "loss": OpDef(1, lambda op, ts: None, has_result=False),
 }
@@ -339,6 +354,11 @@ def opdef(opname: str) -> "OpDef | None":
     return OpDef(None, _apply_rule(prim), evaluate=_apply_eval(prim))
 
 
+def opdef_of(module: TensorModule, value: str) -> str | None:
+    """The op name defining ``value``."""
+    return next((op.opname for op in module.ops if op.result == value), None)
+
+
 def verify(module: TensorModule) -> None:
     """Raise FeascompError if the module is not well formed and well typed."""
     from ..primitives import get, names
@@ -377,6 +397,12 @@ def verify(module: TensorModule) -> None:
             if op.type is not None and t != op.type:
                 raise FeascompError(f"%{op.result} is declared {op.type} but {op.opname} gives {t}", where)
             defined[op.result] = t
+        for i, v in enumerate(op.operands):
+            if defined[v].dtype == "i32" and (op.opname, i) != ("embed", 0):
+                raise FeascompError(
+                    f"%{v} holds integer token ids ({defined[v]}); they can only index a table: embed(%{v}, table)", where)
+        if op.opname == "embed" and opdef_of(module, op.operands[0]) != "input":
+            raise FeascompError(f"embed's token ids must be a model input, not %{op.operands[0]}", where)
     outs = module.by_kind("output")
     losses = module.by_kind("loss")
     if len(outs) != 1:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import FeascompError
-from ..ir.feasibility import BroadcastMap, Edge, Expand, Family, FeasModule, Permute, Place, Reshape, Slice, Window, make_map
+from ..ir.feasibility import (BroadcastMap, Edge, Expand, Family, FeasModule, Gather, Permute, Place, Reshape, Slice, Window,
+                              make_map)
 from ..ir.tensor import Op, TensorModule
 from ..ir.types import TensorType
 
@@ -177,6 +178,15 @@ class _Scalarize:
         b = int(batched)
         dims = tuple(range(b)) + tuple(d + b for d in op.attr("dims"))
         self.views[op.result] = (base, steps + (Expand(self.lead(op.operands[0]) + op.type.shape, dims),), batched)
+
+    def op_embed(self, op):
+        """A view: the table's rows at the batch's token ids (a gather step reading the ids
+        at run time). The table must not vary per sample (a parameter, or a view of one)."""
+        ids, table = op.operands
+        base, steps, batched = self.view(table)
+        if batched:
+            raise FeascompError(f"embed needs a table shared by all samples (a parameter); %{table} varies per sample", op.loc)
+        self.views[op.result] = (base, steps + (Gather(ids, (self.B,) + self.types[ids].shape),), True)
 
     def op_conv2d(self, op):
         """A dot family per output pixel and channel over its k x k x C patch; the patch map
