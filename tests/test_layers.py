@@ -221,7 +221,7 @@ loss cross_entropy(logits)
     rng = np.random.default_rng(0)
     params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
     x, y = rng.normal(size=(2, 16)), np.array([0, 1])
-    for alg in ("ap", "dr"):
+    for alg in ("ap", "dr", "cp"):  # CP: the oracle's layers are per value, as the plan's are per family
         pj, _ = run(tensor, 2, "jax", alg, params, x, y, True)
         pn, _ = run(tensor, 2, "numpy", alg, params, x, y, True)
         for k in pj:

@@ -6,7 +6,8 @@ backend must produce the same iterates (tests/test_backends.py).
 
 Only the primitives' own projection rules are shared (they are tested separately against
 brute force). Fusion of a sum into a function of a sum, colouring (parity of the BFS
-distance from the targets) and CP's layers are recomputed here on the scalar graph.
+distance from the targets) and CP's layers (BFS over tensor values) are recomputed here on
+the scalar graph.
 """
 from __future__ import annotations
 
@@ -287,14 +288,26 @@ class ScalarGraph:
                     dist[v] = dist[u] + 1
                     queue.append(v)
         for i, n in enumerate(self.nodes):
-            n.layer = dist[i] if dist[i] >= 0 else max(dist) + 1
-            n.colour = n.layer % 2
-        least: dict[str, int] = {}
+            n.colour = (dist[i] if dist[i] >= 0 else max(dist) + 1) % 2
+        # CP's layers: BFS over tensor values (the scalar graph with each value's nodes merged,
+        # a padding zero counted with the value it pads), as the family graph's BFS gives a
+        # family one layer even where some of its nodes are farther (unused entries)
+        group = [self.like.get(i, n.key[0]) for i, n in enumerate(self.nodes)]
+        vadj: dict[str, set] = {}
+        for s, d in zip(self.src, self.dst):
+            vadj.setdefault(group[s], set()).add(group[d])
+            vadj.setdefault(group[d], set()).add(group[s])
+        vdist = {"__target__": 0}
+        queue = deque(["__target__"])
+        while queue:
+            u = queue.popleft()
+            for v in vadj.get(u, ()):
+                if v not in vdist:
+                    vdist[v] = vdist[u] + 1
+                    queue.append(v)
+        far = max(vdist.values()) + 1
         for i, n in enumerate(self.nodes):
-            if dist[i] >= 0 and i not in self.like:
-                least[n.key[0]] = min(least.get(n.key[0], dist[i]), dist[i])
-        for z, v in self.like.items():
-            self.nodes[z].layer = least.get(v, self.nodes[z].layer)
+            n.layer = vdist.get(group[i], far)
         for s, d in zip(self.src, self.dst):
             if self.nodes[s].colour == self.nodes[d].colour:
                 raise FeascompError("the scalar graph is not bipartite")

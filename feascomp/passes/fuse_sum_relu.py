@@ -9,12 +9,22 @@ any primitive declaring ``fuses_sum``: leaky_relu, clip, sum) becomes one family
 
 This is the paper's form (bias as a sum_relu input). It removes a family and an edge
 family, and makes MLP graphs bipartite with no identities.
+
+A sum read in slices along one axis (a recurrent cell's pre-activation: its state half
+feeds a relu, its output half a readout) is first split into one sum family per slice,
+when that lets a slice fuse; each input edge gets the matching slice of its map:
+
+    %u = sum(x: 3) : f32[B, 26]                       %u_s0 = sum(x: 3) : f32[B, 16]
+    edge %u -> %h.x[0:1] slice {axis = 1, start = 0,  %u_s16 = sum(x: 3) : f32[B, 10]
+         stop = 16, step = 1} | bcast ...      ==>   edge %u_s0 -> %h.x[0:1] bcast "ab->abc"
+    edge %u -> %o.x[0:1] slice {axis = 1, start = 16, edge %u_s16 -> %o.x[0:1] bcast "ab->abc"
+         stop = 26, step = 1} | bcast ...            (then %u_s0 fuses into %h)
 """
 from __future__ import annotations
 
 import dataclasses
 
-from ..ir.feasibility import BroadcastMap, Edge, FeasModule
+from ..ir.feasibility import BroadcastMap, ChainMap, Edge, FeasModule, Slice, make_map
 
 
 def _is_elementwise_copy(e: Edge) -> bool:
@@ -40,9 +50,40 @@ class FuseSumReluPass:
     def run(self, m: FeasModule) -> FeasModule:
         while True:
             match = self._find(m)
-            if match is None:
+            if match is not None:
+                m = self._fuse(m, *match)
+                continue
+            split = self._find_split(m)
+            if split is None:
                 return m
-            m = self._fuse(m, *match)
+            m = _split(m, *split)
+
+    def _fusable_into(self, m: FeasModule, e: Edge) -> bool:
+        from ..primitives import get, names
+
+        r = m.family(e.dst)
+        return r.kind in names("function") and get(r.kind).fuses_sum and [p for p, _ in r.ports] == ["x"]
+
+    def _find_split(self, m: FeasModule):
+        """A sum family whose every outgoing edge starts by slicing one node axis (unit step),
+        the slices disjoint or equal, one of them an elementwise copy into a function of a
+        sum once sliced off: (family, axis, cut points)."""
+        for s in m.families:
+            if s.kind != "sum":
+                continue
+            outs = m.out_edges(s.name)
+            cuts = [_leading_slice(e) for e in outs]
+            if not outs or any(c is None for c in cuts) or len({c[0] for c in cuts}) != 1:
+                continue
+            axis = cuts[0][0]
+            spans = sorted({(a, b) for _, a, b in cuts})
+            if any(b1 > a2 for (_, b1), (a2, _) in zip(spans, spans[1:])):
+                continue  # overlapping reads
+            if not any(_is_elementwise_copy(_unsliced(e)) and self._fusable_into(m, e) for e in outs):
+                continue
+            points = sorted({0, s.type.shape[axis]} | {a for a, _ in spans} | {b for _, b in spans})
+            return s, axis, points
+        return None
 
     def _find(self, m: FeasModule):
         from ..primitives import get, names
@@ -75,3 +116,68 @@ class FuseSumReluPass:
             else:
                 edges.append(e)
         return m.replace(families=fams, edges=tuple(edges))
+
+
+def _leading_slice(e: Edge):
+    """(axis, start, stop) if the edge's map starts by slicing one axis with unit step."""
+    if not isinstance(e.map, ChainMap) or not e.map.steps:
+        return None
+    first = e.map.steps[0]
+    if not isinstance(first, Slice) or first.step != 1:
+        return None
+    return first.axis, first.start, first.stop
+
+
+def _unsliced(e: Edge) -> Edge:
+    return dataclasses.replace(e, map=make_map(e.map.steps[1:], e.map.final))
+
+
+def _slice_edge(e: Edge, axis: int, start: int, stop: int) -> Edge:
+    """The edge restricted to consumer nodes start:stop along node axis ``axis``: its map
+    followed by that slice (a slice of the pre-broadcast array where the axis comes from the
+    source, nothing where the broadcast repeats along it)."""
+    shape = list(e.type.shape)
+    shape[axis] = stop - start
+    final = e.map.final if isinstance(e.map, ChainMap) else e.map
+    steps = tuple(e.map.steps) if isinstance(e.map, ChainMap) else ()
+    if axis in final.src_axes:
+        steps += (Slice(final.src_axes.index(axis), start, stop, 1),)
+    return dataclasses.replace(e, map=make_map(steps, final), type=e.type.with_shape(shape))
+
+
+def _split(m: FeasModule, s, axis: int, points: list[int]) -> FeasModule:
+    """Replace sum family s by one sum family per span between consecutive cut points."""
+    used = {f.name for f in m.families}
+    pieces = []
+    for a, b in zip(points, points[1:]):
+        name = f"{s.name}_s{a}"
+        while name in used:
+            name += "_"
+        used.add(name)
+        shape = list(s.type.shape)
+        shape[axis] = b - a
+        pieces.append((dataclasses.replace(s, name=name, type=s.type.with_shape(shape)), a, b))
+    fams = []
+    for f in m.families:
+        fams += [p for p, _, _ in pieces] if f.name == s.name else [f]
+    edges = []
+    for e in m.edges:
+        if e.dst == s.name:
+            edges += [dataclasses.replace(_slice_edge(e, axis, a, b), dst=p.name) for p, a, b in pieces]
+        elif e.src == s.name:
+            _, a0, b0 = _leading_slice(e)
+            for p, a, b in pieces:
+                if a0 <= a and b <= b0:  # spans are unions of pieces: re-slice relative to the piece
+                    edges.append(_reslice(e, p.name, axis, a - a0, b - a0, a0, b0))
+        else:
+            edges.append(e)
+    return m.replace(families=tuple(fams), edges=tuple(edges))
+
+
+def _reslice(e: Edge, src: str, axis: int, a: int, b: int, a0: int, b0: int) -> Edge:
+    """An out-edge that read s[a0:b0] along ``axis``, now reading the piece holding
+    s[a0 + a : a0 + b] (the whole span: the slice disappears)."""
+    rest = e.map.steps[1:]
+    if (a, b) == (0, b0 - a0):
+        return dataclasses.replace(e, src=src, map=make_map(rest, e.map.final))
+    raise AssertionError("a span covering several pieces")  # _find_split admits disjoint-or-equal spans only
