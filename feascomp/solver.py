@@ -68,13 +68,17 @@ def compile(  # noqa: A001  (the public name users expect)
     backend: str = "jax",
     warm_start: bool = False,
     monitor: bool = False,
+    elide_inputs: bool = True,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
     projections (Theorem 3) instead of weight 1; ``backend``: jax or numpy (the scalar-graph
     oracle, small models only) or an installed plug-in; ``warm_start``: carry the edge state
     across batches instead of re-initialising it by a forward pass (Algorithm 1);
-    ``monitor``: also report each family's distance to its constraint at every step.
+    ``monitor``: also report each family's distance to its constraint at every step;
+    ``elide_inputs``: under AP (cold start, no monitor) do not store the input's edges,
+    which AP always finds equal to the input: the same iterates with less memory traffic,
+    the step residual then measured over the stored edges (backends/materialized.py).
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -117,7 +121,7 @@ def compile(  # noqa: A001  (the public name users expect)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
     solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                    warm_start=warm_start, monitor=monitor)
+                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
     return solver
@@ -125,7 +129,7 @@ def compile(  # noqa: A001  (the public name users expect)
 
 class Solver:
     def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
-                 *, warm_start=False, monitor=False):
+                 *, warm_start=False, monitor=False, elide_inputs=True):
         from . import backends
         from .backends.materialized import Program
 
@@ -141,7 +145,10 @@ class Solver:
         self.warm_start = warm_start
         self.monitor = monitor
         schedule = "layers" if algorithm.uses_layers else "colours"
-        self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule)
+        two = len({f.attr("colour") for f in plan.families}) == 2
+        self.elide_inputs = elide_inputs and algorithm.name == "ap" and two and not warm_start and not monitor
+        self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
+                               elide_inputs=self.elide_inputs)
         if not algorithm.uses_layers and len(self.program.colours) != 2:
             raise FeascompError(
                 f"{algorithm.name} alternates between two colour classes, but this plan has "
