@@ -164,20 +164,11 @@ def _split(m: FeasModule, s, axis: int, points: list[int]) -> FeasModule:
     for e in m.edges:
         if e.dst == s.name:
             edges += [dataclasses.replace(_slice_edge(e, axis, a, b), dst=p.name) for p, a, b in pieces]
-        elif e.src == s.name:
+        elif e.src == s.name:  # spans are disjoint or equal, so each is exactly one piece
             _, a0, b0 = _leading_slice(e)
-            for p, a, b in pieces:
-                if a0 <= a and b <= b0:  # spans are unions of pieces: re-slice relative to the piece
-                    edges.append(_reslice(e, p.name, axis, a - a0, b - a0, a0, b0))
+            piece = next(p for p, a, b in pieces if (a, b) == (a0, b0))
+            edges.append(dataclasses.replace(_unsliced(e), src=piece.name))
         else:
             edges.append(e)
     return m.replace(families=tuple(fams), edges=tuple(edges))
 
-
-def _reslice(e: Edge, src: str, axis: int, a: int, b: int, a0: int, b0: int) -> Edge:
-    """An out-edge that read s[a0:b0] along ``axis``, now reading the piece holding
-    s[a0 + a : a0 + b] (the whole span: the slice disappears)."""
-    rest = e.map.steps[1:]
-    if (a, b) == (0, b0 - a0):
-        return dataclasses.replace(e, src=src, map=make_map(rest, e.map.final))
-    raise AssertionError("a span covering several pieces")  # _find_split admits disjoint-or-equal spans only
