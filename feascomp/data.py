@@ -26,9 +26,9 @@ class Dataset:
     num_classes: int = 10
 
 
-def _split(name, x, y, n_train, dtype=np.float32) -> Dataset:
+def _split(name, x, y, n_train) -> Dataset:
     perm = np.random.default_rng(0).permutation(len(x))
-    x, y = x[perm].astype(dtype), y[perm].astype(np.int64)
+    x, y = x[perm].astype(np.float32), y[perm].astype(np.int64)
     return Dataset(name, x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 

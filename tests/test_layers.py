@@ -15,6 +15,7 @@ from feascomp.ir.feasibility import ChainMap, BroadcastMap, Expand, Permute, Pla
 from feascomp.ir.tensor import evaluate
 from feascomp.ir.text import parse_ir
 from feascomp.passes import run_pipeline, parse_pipeline, DEFAULT_PIPELINE
+from models import assert_matches_oracle
 
 
 # maps -------------------------------------------------------------------------------------
@@ -147,14 +148,7 @@ def test_layer_ops_evaluate_like_jax_lax(case, seed):
 # One step (every colour projected once), compared tightly: an index-map bug shows there, while over more
 # steps the non-smooth projections (max, sum_relu pieces) turn rounding differences into
 # branch flips (measured on one window-pool case: 2e-16 after 1 step, 6e-8 after 2, 6e-7 after 3).
-STEPS, RTOL = 1, 1e-9
-
-
-def run(tensor, batch, backend, algorithm, params, x, y, weighted):
-    solver = feascomp.compile(tensor, batch_size=batch, algorithm=algorithm, steps=STEPS, dtype="float64",
-                              backend=backend, weighted=weighted, elide_inputs=False)  # residuals over every edge
-    p, _, info = solver.update(solver.init(params), x, y)
-    return {k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"])
+RTOL = 1e-9  # after one update of one step (assert_matches_oracle)
 
 
 @pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
@@ -167,11 +161,7 @@ def test_layers_match_scalar_graph_oracle(algorithm):
         params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
         x = rng.normal(size=(batch, tensor.by_kind("input")[0].type.shape[0]))
         y = rng.integers(0, 3, size=batch)
-        pj, rj = run(tensor, batch, "jax", algorithm, params, x, y, weighted)
-        pn, rn = run(tensor, batch, "numpy", algorithm, params, x, y, weighted)
-        for k in pj:
-            np.testing.assert_allclose(pj[k], pn[k], rtol=RTOL, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(rj, rn, rtol=RTOL, atol=1e-12)
+        assert_matches_oracle(tensor, batch, algorithm, params, x, y, weighted, rtol=RTOL)
 
     check()
 
@@ -197,10 +187,7 @@ def test_materialized_concat_matches_oracle(algorithm):
     rng = np.random.default_rng(3)
     params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
     x, y = rng.normal(size=(2, 3)), np.array([0, 1])
-    pj, rj = run(tensor, 2, "jax", algorithm, params, x, y, False)
-    pn, rn = run(tensor, 2, "numpy", algorithm, params, x, y, False)
-    for k in pj:
-        np.testing.assert_allclose(pj[k], pn[k], rtol=RTOL, atol=1e-12, err_msg=k)
+    assert_matches_oracle(tensor, 2, algorithm, params, x, y, False, rtol=RTOL)
 
 
 def test_stride_skipped_pixels_keep_their_value():
@@ -222,10 +209,7 @@ loss cross_entropy(logits)
     params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
     x, y = rng.normal(size=(2, 16)), np.array([0, 1])
     for alg in ("ap", "dr", "cp"):  # CP: the oracle's layers are per value, as the plan's are per family
-        pj, _ = run(tensor, 2, "jax", alg, params, x, y, True)
-        pn, _ = run(tensor, 2, "numpy", alg, params, x, y, True)
-        for k in pj:
-            np.testing.assert_allclose(pj[k], pn[k], rtol=RTOL, atol=1e-12, err_msg=k)
+        assert_matches_oracle(tensor, 2, alg, params, x, y, True, rtol=RTOL)
 
 
 # acceptance: DR on sklearn's digits at batch 64 ------------------------------------------------

@@ -14,6 +14,7 @@ from feascomp.ir.tensor import evaluate
 from feascomp.ir.text import parse_ir, print_plan
 from feascomp.passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
 from feascomp.passes import fuse_sum_relu
+from models import assert_matches_oracle
 
 
 def rnn_source(steps, width, hidden, classes, readout_every_step=True, dtype="f64"):
@@ -82,15 +83,7 @@ def test_rnns_match_scalar_graph_oracle(algorithm):
         params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
         x = rng.normal(size=(batch,) + tensor.by_kind("input")[0].type.shape)
         y = rng.integers(0, case[3], size=batch)
-        out = {}
-        for backend in ("jax", "numpy"):
-            solver = feascomp.compile(tensor, batch_size=batch, algorithm=algorithm, steps=1, dtype="float64",
-                                      backend=backend, weighted=weighted, elide_inputs=False)  # residuals over every edge
-            p, _, info = solver.update(solver.init(params), x, y)
-            out[backend] = ({k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"]))
-        for k in params:
-            np.testing.assert_allclose(out["jax"][0][k], out["numpy"][0][k], rtol=1e-9, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(out["jax"][1], out["numpy"][1], rtol=1e-9, atol=1e-12)
+        assert_matches_oracle(tensor, batch, algorithm, params, x, y, weighted)
 
     check()
 

@@ -25,7 +25,7 @@ class JaxBackend:
         prog, alg, K, input_name, monitor = s.program, s.algorithm, s.steps, s.input_name, s.monitor
 
         def update(params, x, onehot, z=None):
-            data = {input_name: x, "__labels__": onehot}
+            data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
                 z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data)
 

@@ -18,7 +18,8 @@ Projection onto colour c (Theorem 2: the families of a colour touch disjoint edg
 The mean of a producer's out-edges is sum_e map_e^T(z_e) / deg, deg = sum_e map_e^T(1).
 A producer with no outgoing edge this step (deg = 0) keeps its value. Degrees are static
 except where an out-edge gathers at runtime indices (an embedding table): then they are
-counted from the batch's indices (the same scatter-add applied to ones).
+counted from the batch's indices (the same scatter-add applied to ones), once per update
+(``with_degrees``).
 
 Input edges under AP (``elide_inputs``) are not stored. A const's projection writes its
 edges without reading them, and under AP their only other reader -- the consumer, in the
@@ -40,6 +41,8 @@ import numpy as np
 
 from ..ir.feasibility import Edge, Family, FeasModule
 from ..primitives import get
+
+DEGREE = "__degree__:"  # data key of a family's out-degree counted per batch (with_degrees)
 
 
 @dataclasses.dataclass
@@ -181,16 +184,23 @@ class Program:
             total = t if total is None else total + t
         return total
 
-    def degree(self, xp, info: _FamilyInfo, data: dict, dtype):
-        """A family's out-degree: a float, a NumPy array (static), or an array counted from
-        this batch's indices (a runtime gather)."""
-        if not info.runtime:
-            return info.degree
-        return self._sum_out(xp, info, {e.key: xp.ones(e.type.shape, dtype) for e in info.out}, data)
+    def with_degrees(self, xp, data: dict) -> dict:
+        """``data`` (the batch: inputs and labels) plus the out-degrees that depend on it: a
+        family with a runtime gather among its out-edges (an embedding table) counted from
+        the batch's indices, once per update rather than in every projection."""
+        dtype = data["__labels__"].dtype
+        counted = {DEGREE + name: self._sum_out(xp, info, {e.key: xp.ones(e.type.shape, dtype) for e in info.out}, data)
+                   for name, info in self.info.items() if info.runtime}
+        return {**data, **counted}
+
+    def degree(self, info: _FamilyInfo, data: dict):
+        """A family's out-degree: a float, a NumPy array (static), or the array counted from
+        this batch's indices (``with_degrees``)."""
+        return data[DEGREE + info.family.name] if info.runtime else info.degree
 
     def _mean_out(self, xp, info: _FamilyInfo, z: dict, data: dict, deg=None):
         total = self._sum_out(xp, info, z, data)
-        deg = self.degree(xp, info, data, total.dtype) if deg is None else deg
+        deg = self.degree(info, data) if deg is None else deg
         if isinstance(deg, float):
             return total / deg
         return total / xp.maximum(xp.asarray(deg, total.dtype), 1)
@@ -243,7 +253,7 @@ class Program:
         """A function family's projection arguments: its inputs per port, the mean of its
         outgoing edges (a node with no outgoing edge is free: it keeps f(x)), its weight."""
         ins = [self._gather(xp, es, n, lambda e: self._edge(xp, e, z, data)) for _, n, es in info.in_ports]
-        deg = self.degree(xp, info, data, ins[0].dtype)
+        deg = self.degree(info, data)
         ybar = self._mean_out(xp, info, z, data, deg)
         if info.has_unused:
             ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
@@ -306,7 +316,7 @@ class Program:
             if not info.out:
                 out[p] = previous[p]
                 continue
-            deg = self.degree(xp, info, data, previous[p].dtype)
+            deg = self.degree(info, data)
             mean = self._mean_out(xp, info, z, data, deg)
             out[p] = mean if isinstance(deg, float) else xp.where(xp.asarray(deg) > 0, mean, previous[p])
         return out

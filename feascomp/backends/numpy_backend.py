@@ -48,9 +48,7 @@ class NumpyBackend:
         z = g.forward_edges({k: np.asarray(v, dt) for k, v in params.items()}, x, dt) if edges is None else edges
 
         def project(c, z):
-            # the plan may count a class the scalar graph has no node in (the isolated family of
-            # token ids): projecting onto it changes nothing
-            return g.project(self.classes[c] if c < len(self.classes) else [], z, x, onehot)
+            return g.project(self.classes[c], z, x, onehot)
 
         residuals = []
         for _ in range(s.steps):

@@ -306,8 +306,8 @@ class ScalarGraph:
                     vdist[v] = vdist[u] + 1
                     queue.append(v)
         far = max(vdist.values()) + 1
-        for i, n in enumerate(self.nodes):
-            n.layer = vdist.get(group[i], far)
+        for i, n in enumerate(self.nodes):  # a value with no edges at all: the target's layer (as the plan's)
+            n.layer = vdist.get(group[i], far if group[i] in vadj else 0)
         for s, d in zip(self.src, self.dst):
             if self.nodes[s].colour == self.nodes[d].colour:
                 raise FeascompError("the scalar graph is not bipartite")

@@ -135,7 +135,7 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
     builder.ops.append(Op("input", "x", (), (), _ttype(xin.aval)))
     env[xin] = _Index("x", tuple(xin.aval.shape)) if np.issubdtype(xin.aval.dtype, np.integer) else "x"
     builder.used = set(names) | {"x"}
-    builder.types_of_input = tuple(xin.aval.shape)
+    builder.input_shape = tuple(xin.aval.shape)
     for cv, cval in zip(jaxpr.constvars, closed.consts):
         env[cv] = _Const(np.asarray(cval))
     builder.inline(jaxpr, env)
@@ -168,12 +168,12 @@ class _Const:
 
 class _Index:
     """Integer token ids derived from the integer input: the input itself (as ``shape``, a
-    reshape of it), ``neg`` (ids < 0) or ``shift`` (ids + rows) on the way to
+    reshape of it), ``neg`` (ids < 0) or ``shift`` (ids + a constant) on the way to
     ``where(ids < 0, ids + rows, ids)`` -- jnp's wrap of negative indices, a no-op for the
     in-range ids the solver admits."""
 
-    def __init__(self, name, shape, form="ids", shift=0):
-        self.name, self.shape, self.form, self.shift = name, tuple(shape), form, shift
+    def __init__(self, name, shape, form="ids"):
+        self.name, self.shape, self.form = name, tuple(shape), form
 
 
 class _Builder:
@@ -312,10 +312,8 @@ class _Builder:
             return i
         if prim == "lt" and i.form == "ids" and isinstance(ins[1], _Const) and ins[1].scalar() == 0:
             return _Index(i.name, i.shape, "neg")
-        if prim == "add" and i.form == "ids" and any(isinstance(a, _Const) for a in ins):
-            c = next(a for a in ins if isinstance(a, _Const)).scalar()
-            if c is not None:
-                return _Index(i.name, i.shape, "shift", int(c))
+        if prim == "add" and i.form == "ids" and any(isinstance(a, _Const) and a.scalar() is not None for a in ins):
+            return _Index(i.name, i.shape, "shift")
         if prim == "select_n" and len(ins) == 3 and all(isinstance(a, _Index) for a in ins):
             pred, a, b = ins
             if pred.form == "neg" and a.form == "ids" and b.form == "shift" and len({pred.name, a.name, b.name}) == 1:
@@ -331,7 +329,7 @@ class _Builder:
                   and tuple(dn.collapsed_slice_dims) == (0,) and tuple(dn.start_index_map) == (0,)
                   and not tuple(getattr(dn, "operand_batching_dims", ())) and tuple(eqn.params["slice_sizes"]) == (1,) + tuple(table.shape[1:]))
             if ok:
-                x = self.types_of_input
+                x = self.input_shape
                 rows = self.emit("embed", [i.name, ins[0]], aval.update(shape=x + tuple(table.shape[1:])), eqn)
                 if x != lead:
                     rows = self.emit("reshape", [rows], aval, eqn, (("shape", list(aval.shape)),))

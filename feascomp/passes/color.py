@@ -82,9 +82,10 @@ class ColorPass:
                 for n, d in nx.single_source_shortest_path_length(g.subgraph(comp), root).items():
                     colour[n] = d % 2
         depth = max(reach.values()) + 1
-        for f in m.families:  # CP's classes: backward-BFS layers from the target (unreachable last),
+        for f in m.families:  # CP's classes: backward-BFS layers from the target (unreachable last,
+            # a family with no edges -- token ids -- in the target's, as it projects nothing),
             # each intersected with the colour classes (the same thing when 2-coloured)
-            layer[f.name] = reach.get(f.name, depth)
+            layer[f.name] = reach.get(f.name, depth if g.degree(f.name) else 0)
         fams = tuple(
             dataclasses.replace(
                 f, attrs=tuple((k, v) for k, v in f.attrs if k not in ("colour", "layer"))
