@@ -27,6 +27,8 @@ tree_map = jax.tree_util.tree_map
 
 
 def _norm(xp, a, b):
+    """|a - b| over every leaf; a lowering whose state is not the edges themselves (the
+    collapsed one) passes its own ``distance`` to ``step``."""
     leaves = jax.tree_util.tree_leaves(tree_map(lambda x, y: xp.sum((x - y) ** 2), a, b))
     return xp.sqrt(sum(leaves))
 
@@ -37,12 +39,13 @@ class DouglasRachford:
     uses_layers = False
     relaxation: float = 0.5
 
-    def step(self, xp, project: Callable, z):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+        dist = distance or (lambda a, b: _norm(xp, a, b))
         r = self.relaxation
         p0 = project(0, z)
         p1 = project(1, tree_map(lambda p, x: 2 * p - x, p0, z))
         new = tree_map(lambda x, a, b: x + 2 * r * (b - a), z, p0, p1)
-        return new, _norm(xp, p1, p0)
+        return new, dist(p1, p0)
 
     def shadow(self, project, z):
         return project(0, z)
@@ -54,12 +57,13 @@ class CyclicProjections:
     classes: int = 2
     uses_layers = True
 
-    def step(self, xp, project: Callable, z):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+        dist = distance or (lambda a, b: _norm(xp, a, b))
         first = project(0, z)
         cur = first
         for c in range(1, self.classes):
             cur = project(c, cur)
-        return cur, _norm(xp, cur, first)
+        return cur, dist(cur, first)
 
     def shadow(self, project, z):
         return z
@@ -92,10 +96,11 @@ class DifferenceMap:
             pb = project(1, tree_map(lambda p, x: p - (p - x) / b, p0, z))
         return pa, pb
 
-    def step(self, xp, project: Callable, z):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+        dist = distance or (lambda a, b: _norm(xp, a, b))
         pa, pb = self._parts(project, z)
         new = tree_map(lambda x, a, c: x + self.beta * (a - c), z, pa, pb)
-        return new, _norm(xp, pa, pb)
+        return new, dist(pa, pb)
 
     def shadow(self, project, z):
         return self._parts(project, z)[0]

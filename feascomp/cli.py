@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
     t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
+    t.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized",
+                   help="materialized: every edge stored (the paper); collapsed: AP only, dense layers "
+                        "keep values and per-node coefficients instead of their edges")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
     t.add_argument("--json", action="store_true", help="end with one JSON line of results")
@@ -122,7 +125,8 @@ def _train(args) -> int:
     ds = data.load(args.dataset)
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
-                   backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals))
+                   backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
+                   lowering=args.lowering)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 

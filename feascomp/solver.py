@@ -69,6 +69,7 @@ def compile(  # noqa: A001  (the public name users expect)
     warm_start: bool = False,
     monitor: bool = False,
     elide_inputs: bool = True,
+    lowering: str = "materialized",
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -78,7 +79,10 @@ def compile(  # noqa: A001  (the public name users expect)
     ``monitor``: also report each family's distance to its constraint at every step;
     ``elide_inputs``: under AP (cold start, no monitor) do not store the input's edges,
     which AP always finds equal to the input: the same iterates with less memory traffic,
-    the step residual then measured over the stored edges (backends/materialized.py).
+    the step residual then measured over the stored edges (backends/materialized.py);
+    ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
+    (AP only, cold start, no monitor, jax backend: dense dot layers keep their inputs'
+    values and per-node coefficients instead of their edges; backends/collapsed.py).
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -121,16 +125,20 @@ def compile(  # noqa: A001  (the public name users expect)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
     solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs)
+                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
     return solver
 
 
+LOWERINGS = ("materialized", "collapsed")
+
+
 class Solver:
     def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
-                 *, warm_start=False, monitor=False, elide_inputs=True):
+                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized"):
         from . import backends
+        from .backends.collapsed import CollapsedProgram
         from .backends.materialized import Program
 
         self.tensor: TensorModule = tensor
@@ -147,7 +155,17 @@ class Solver:
         schedule = "layers" if algorithm.uses_layers else "colours"
         two = len({f.attr("colour") for f in plan.families}) == 2
         self.elide_inputs = elide_inputs and algorithm.name == "ap" and two and not warm_start and not monitor
-        self.program = Program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
+        if lowering not in LOWERINGS:
+            raise FeascompError(f"lowering must be one of {', '.join(LOWERINGS)}, not {lowering!r}")
+        if lowering == "collapsed":
+            why = [w for w, bad in (("--algorithm ap", algorithm.name != "ap"), ("a cold start (no --warm-start)", warm_start),
+                                    ("no per-family monitoring", monitor), ("the jax backend", backend != "jax"),
+                                    ("a two-colour plan", not two)) if bad]
+            if why:
+                raise FeascompError("the collapsed lowering needs " + ", ".join(why))
+        self.lowering = lowering
+        program = CollapsedProgram if lowering == "collapsed" else Program
+        self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
                                elide_inputs=self.elide_inputs)
         if not algorithm.uses_layers and len(self.program.colours) != 2:
             raise FeascompError(

@@ -33,7 +33,7 @@ class JaxBackend:
                 return prog.project(jnp, c, z, data)
 
             def body(z, _):
-                z, r = alg.step(jnp, project, z)
+                z, r = alg.step(jnp, project, z, lambda a, b: prog.distance(jnp, a, b, data))
                 out = {"step": r}
                 if monitor:
                     out["family"] = prog.family_distances(jnp, alg.shadow(project, z), data)

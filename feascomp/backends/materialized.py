@@ -143,6 +143,11 @@ class Program:
         size = itemsize or np.dtype(self.dtype).itemsize
         return sum(math.prod(e.type.shape) for e in self.plan.edges if e.key not in self.elided) * size
 
+    def distance(self, xp, a: dict, b: dict, data: dict):
+        """|a - b| over every stored edge (the algorithms' step residual)."""
+        keys = [k for k in a if k in b]
+        return xp.sqrt(sum((xp.sum((a[k] - b[k]) ** 2) for k in keys), xp.zeros((), self.dtype)))
+
     # forward -----------------------------------------------------------------------------
     def forward_values(self, xp, params: dict, data: dict) -> dict:
         """Every family's value by a forward pass (targets excluded)."""
@@ -180,9 +185,13 @@ class Program:
     def _sum_out(self, xp, info: _FamilyInfo, z: dict, data: dict):
         total = None
         for e in info.out:
-            t = e.map.transpose(xp, z[e.key], info.family.type.shape, data)
+            t = self._transpose_edge(xp, e, z, data)
             total = t if total is None else total + t
         return total
+
+    def _transpose_edge(self, xp, e: Edge, z: dict, data: dict):
+        """map_e^T of edge e's values: its contribution to its producer's sum."""
+        return e.map.transpose(xp, z[e.key], self.info[e.src].family.type.shape, data)
 
     def with_degrees(self, xp, data: dict) -> dict:
         """``data`` (the batch: inputs and labels) plus the out-degrees that depend on it: a

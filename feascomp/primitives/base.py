@@ -76,6 +76,12 @@ class Primitive:
     kind: str = "function"
     fuses_sum: bool = False  # f(x) = g(1'x): fuse-sum-relu may merge a feeding sum into it
     zero_padding: bool = False  # vector ports padded with zeros project as if unpadded (pads stay 0)
+    # optional: the projection as per-node coefficients of the inputs, for the collapsed
+    # lowering (vector ports only): linear_rule(xp, options, gram, output, weight) ->
+    # (coef, output), gram = the inputs' per-node inner products in port order
+    # (|x1|², |x2|², ..., <x1, x2>, ...), coef[port][term]: new port = sum_k coef[k] x_k +
+    # coef[-1] e1. See docs/extending.md.
+    linear_rule: Callable | None = None
 
     def with_options(self, **options) -> "Primitive":
         unknown = set(options) - set(self.defaults)
@@ -107,6 +113,17 @@ class Primitive:
         output = xp.asarray(output, dtype)
         weight = xp.asarray(weight, dtype)
         return self.project_rule(xp, self.opts, inputs, output, weight)
+
+    def project_linear(self, gram, output, weight=1.0):
+        """The projection as coefficients of the inputs (``linear_rule``), from their
+        per-node inner products; returns (coef, output)."""
+        if self.linear_rule is None:
+            raise NotImplementedError(f"primitive {self.name!r} has no linear_rule")
+        gram = tuple(gram)
+        xp = namespace(*gram, output, weight)
+        dtype = xp.result_type(*gram, output)
+        gram = tuple(xp.asarray(g, dtype) for g in gram)
+        return self.linear_rule(xp, self.opts, gram, xp.asarray(output, dtype), xp.asarray(weight, dtype))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,18 +114,9 @@ def _solve(xp, A2, B2, z0, w):
     return lam
 
 
-def project_dot(xp, opts, inputs, z0, w):
-    a0, b0 = inputs
-    dtype = a0.dtype
-    # The reductions and the output are each one pass over a0, b0: the output is written
-    # as a = ks (a0 + b0) + kd (a0 - b0) + ke e1 with per-node scalars, so no n-long
-    # temporary is shared between the passes (sums and differences are still formed per
-    # element before scaling, which keeps a0 ≈ ±b0 exact). The cheaper coefficient form
-    # (ks + kd) a0 + (ks - kd) b0, chosen per batch by lax.cond when no coefficient is
-    # large, was measured: 15 % faster alone, but 10 % slower inside a DR step, because the
-    # cond makes XLA materialize the reflected inputs. See docs/performance.md.
-    A2 = 0.5 * xp.sum((a0 + b0) ** 2, axis=-1)
-    B2 = 0.5 * xp.sum((a0 - b0) ** 2, axis=-1)
+def _coefficients(xp, A2, B2, z0, w, dtype):
+    """The projection as per-node coefficients: a = ks_a (a0 + b0) + kd_a (a0 - b0) + ke_a e1,
+    b likewise, from A2 = |a0 + b0|²/2, B2 = |a0 - b0|²/2; and the output z."""
     lam = solve_lambda(xp, A2, B2, z0, w)
     z = z0 - lam / w
     A = xp.sqrt(A2)
@@ -147,14 +138,43 @@ def project_dot(xp, opts, inputs, z0, w):
     cv = nu_v / (r2 * xp.where(has_b, r2 * B, xp.where(has_a, r2 * A, 1)))
     u_s, u_d, u_e = has_a, ~has_a & has_b, ~(has_a | has_b)  # which vector U is
     v_s, v_d, v_e = ~has_b & has_a, has_b, ~(has_a | has_b)  # which vector V is
-    ks_a, kd_a, ke_a = cu * u_s + cv * v_s, cu * u_d + cv * v_d, cu * u_e + cv * v_e
-    ks_b, kd_b, ke_b = cu * u_s - cv * v_s, cu * u_d - cv * v_d, cu * u_e - cv * v_e
+    ka = (cu * u_s + cv * v_s, cu * u_d + cv * v_d, cu * u_e + cv * v_e)
+    kb = (cu * u_s - cv * v_s, cu * u_d - cv * v_d, cu * u_e - cv * v_e)
+    return ka, kb, z
+
+
+def project_dot(xp, opts, inputs, z0, w):
+    a0, b0 = inputs
+    dtype = a0.dtype
+    # The reductions and the output are each one pass over a0, b0: the output is written
+    # as a = ks (a0 + b0) + kd (a0 - b0) + ke e1 with per-node scalars, so no n-long
+    # temporary is shared between the passes (sums and differences are still formed per
+    # element before scaling, which keeps a0 ≈ ±b0 exact). The cheaper coefficient form
+    # (ks + kd) a0 + (ks - kd) b0, chosen per batch by lax.cond when no coefficient is
+    # large, was measured: 15 % faster alone, but 10 % slower inside a DR step, because the
+    # cond makes XLA materialize the reflected inputs. See docs/performance.md.
+    A2 = 0.5 * xp.sum((a0 + b0) ** 2, axis=-1)
+    B2 = 0.5 * xp.sum((a0 - b0) ** 2, axis=-1)
+    ka, kb, z = _coefficients(xp, A2, B2, z0, w, dtype)
     first = (xp.arange(a0.shape[-1]) == 0).astype(dtype)
 
     def combine(ks, kd, ke):
         return ks[..., None] * (a0 + b0) + kd[..., None] * (a0 - b0) + ke[..., None] * first
 
-    return (combine(ks_a, kd_a, ke_a), combine(ks_b, kd_b, ke_b)), z
+    return (combine(*ka), combine(*kb)), z
+
+
+def linear_dot(xp, opts, gram, z0, w):
+    """The projection from the inputs' per-node inner products (the collapsed lowering):
+    gram = (|a0|², |b0|², <a0, b0>); returns coefficients c[port][term] with
+    new port = c[port][0] a0 + c[port][1] b0 + c[port][2] e1, and z. Exact in exact
+    arithmetic; in floating point |a0 ± b0|² is formed from inner products, which loses
+    relative accuracy where a0 ≈ ∓b0 (as any Gram-based method does)."""
+    aa, bb, ab = gram
+    A2 = xp.maximum(0.5 * (aa + bb) + ab, 0)
+    B2 = xp.maximum(0.5 * (aa + bb) - ab, 0)
+    ka, kb, z = _coefficients(xp, A2, B2, z0, w, aa.dtype)
+    return tuple((ks + kd, ks - kd, ke) for ks, kd, ke in (ka, kb)), z
 
 
 def _same_length(lengths, opts):
@@ -172,5 +192,6 @@ dot = register(
         shape_rule=_same_length,
         doc="z = <a, b>",
         zero_padding=True,
+        linear_rule=linear_dot,
     )
 )
