@@ -229,8 +229,9 @@ class CollapsedProgram(Program):
             if k in b and k not in rep:
                 sq = sq + xp.sum((a[k] - b[k]) ** 2)
         for c in self.collapsed.values():
-            for k in range(len(c.edges)):
-                sq = sq + xp.sum(self._port_distance2(xp, c, k, a, b, data))
+            for k, e in enumerate(c.edges):
+                if e.key not in self.elided:  # as in the materialized lowering: over stored edges
+                    sq = sq + xp.sum(self._port_distance2(xp, c, k, a, b, data))
         return xp.sqrt(sq)
 
     def _port_distance2(self, xp, c: _Collapsed, k: int, a: dict, b: dict, data: dict):
