@@ -12,6 +12,10 @@ ordered classes (backward-BFS layers from the target), ``classes`` of them.
   f1 = P1 + (P1 - I)/β. Results are read from the shadow P0(f1(z)). With β = 1,
   f0 = I, so a step costs two projections instead of four.
 
+A lowering whose state is not the edge arrays themselves (the collapsed one) passes its own
+``combine(fn, *states)`` (apply the linear ``fn`` to states) and ``distance(a, b)``;
+the defaults act leaf by leaf.
+
 Each ``step`` returns the new iterate and a residual that vanishes exactly at a feasible
 point: AP, CP: how far the projections after the first moved the state; DR: |P1(R0 z) - P0 z|
 (the fixed-point residual); DM: |P0(f1 z) - P1(f0 z)|.
@@ -24,6 +28,11 @@ from collections.abc import Callable
 import jax
 
 tree_map = jax.tree_util.tree_map
+
+
+def _combine(fn, *states):
+    """The default linear combination of states: ``fn`` (linear) leaf by leaf."""
+    return tree_map(fn, *states)
 
 
 def _norm(xp, a, b):
@@ -39,15 +48,15 @@ class DouglasRachford:
     uses_layers = False
     relaxation: float = 0.5
 
-    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None, combine: Callable = _combine):
         dist = distance or (lambda a, b: _norm(xp, a, b))
         r = self.relaxation
         p0 = project(0, z)
-        p1 = project(1, tree_map(lambda p, x: 2 * p - x, p0, z))
-        new = tree_map(lambda x, a, b: x + 2 * r * (b - a), z, p0, p1)
+        p1 = project(1, combine(lambda p, x: 2 * p - x, p0, z))
+        new = combine(lambda x, a, b: x + 2 * r * (b - a), z, p0, p1)
         return new, dist(p1, p0)
 
-    def shadow(self, project, z):
+    def shadow(self, project, z, combine: Callable = _combine):
         return project(0, z)
 
 
@@ -57,7 +66,7 @@ class CyclicProjections:
     classes: int = 2
     uses_layers = True
 
-    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None, combine: Callable = _combine):
         dist = distance or (lambda a, b: _norm(xp, a, b))
         first = project(0, z)
         cur = first
@@ -65,7 +74,7 @@ class CyclicProjections:
             cur = project(c, cur)
         return cur, dist(cur, first)
 
-    def shadow(self, project, z):
+    def shadow(self, project, z, combine: Callable = _combine):
         return z
 
 
@@ -84,26 +93,26 @@ class DifferenceMap:
     uses_layers = False
     beta: float = 1.0
 
-    def _parts(self, project, z):
+    def _parts(self, project, z, combine):
         b = self.beta
         p1 = project(1, z)
-        f1 = tree_map(lambda p, x: p + (p - x) / b, p1, z)
+        f1 = combine(lambda p, x: p + (p - x) / b, p1, z)
         pa = project(0, f1)
         if b == 1.0:
             pb = p1  # f0 = I
         else:
             p0 = project(0, z)
-            pb = project(1, tree_map(lambda p, x: p - (p - x) / b, p0, z))
+            pb = project(1, combine(lambda p, x: p - (p - x) / b, p0, z))
         return pa, pb
 
-    def step(self, xp, project: Callable, z, distance: Callable | None = None):
+    def step(self, xp, project: Callable, z, distance: Callable | None = None, combine: Callable = _combine):
         dist = distance or (lambda a, b: _norm(xp, a, b))
-        pa, pb = self._parts(project, z)
-        new = tree_map(lambda x, a, c: x + self.beta * (a - c), z, pa, pb)
+        pa, pb = self._parts(project, z, combine)
+        new = combine(lambda x, a, c: x + self.beta * (a - c), z, pa, pb)
         return new, dist(pa, pb)
 
-    def shadow(self, project, z):
-        return self._parts(project, z)[0]
+    def shadow(self, project, z, combine: Callable = _combine):
+        return self._parts(project, z, combine)[0]
 
 
 ALGORITHMS = {"ap": AlternatingProjections, "dr": DouglasRachford, "cp": CyclicProjections, "dm": DifferenceMap}

@@ -81,8 +81,8 @@ def compile(  # noqa: A001  (the public name users expect)
     which AP always finds equal to the input: the same iterates with less memory traffic,
     the step residual then measured over the stored edges (backends/materialized.py);
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
-    (AP only, cold start, no monitor, jax backend: dense dot layers keep their inputs'
-    values and per-node coefficients instead of their edges; backends/collapsed.py).
+    (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
+    inputs' values and per-node coefficients instead of their edges; backends/collapsed.py).
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -158,15 +158,16 @@ class Solver:
         if lowering not in LOWERINGS:
             raise FeascompError(f"lowering must be one of {', '.join(LOWERINGS)}, not {lowering!r}")
         if lowering == "collapsed":
-            why = [w for w, bad in (("--algorithm ap", algorithm.name != "ap"), ("a cold start (no --warm-start)", warm_start),
+            why = [w for w, bad in (("--algorithm ap, dr or dm", algorithm.uses_layers), ("a cold start (no --warm-start)", warm_start),
                                     ("no per-family monitoring", monitor), ("the jax backend", backend != "jax"),
                                     ("a two-colour plan", not two)) if bad]
             if why:
                 raise FeascompError("the collapsed lowering needs " + ", ".join(why))
         self.lowering = lowering
         program = CollapsedProgram if lowering == "collapsed" else Program
+        extra = dict(algorithm=algorithm, steps=steps) if lowering == "collapsed" else {}
         self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
-                               elide_inputs=self.elide_inputs)
+                               elide_inputs=self.elide_inputs, **extra)
         if not algorithm.uses_layers and len(self.program.colours) != 2:
             raise FeascompError(
                 f"{algorithm.name} alternates between two colour classes, but this plan has "

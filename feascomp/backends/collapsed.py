@@ -1,37 +1,50 @@
-"""The collapsed lowering (AP): the big edge families of dot-like products are not stored.
+"""The collapsed lowering: the big edge families of dot-like products are not stored.
 
-Under AP every step is P1(P0(z)) and every edge joins the two colours. Take a family D
-whose primitive has a ``linear_rule`` (dot) and whose ports are each fed by one edge with a
-broadcast map (a dense layer ``x @ W``: ``x[b, i] -> [b, j, i]``, ``W[i, j] -> [b, j, i]``).
-D's producers all lie in the other colour, so D's in-edges are written by two projections
-only, alternately:
+Take a family D whose primitive has a ``linear_rule`` (dot) and whose ports are each fed by
+one edge with a broadcast map (a dense layer ``x @ W``: ``x[b, i] -> [b, j, i]``,
+``W[i, j] -> [b, j, i]``). With two colours, D's producers all lie in the other colour than
+D, so D's in-edges change in two ways only:
 
-- the producers' colour writes ``a = Ma(va)``, ``b = Mb(vb)`` (each producer's new value
-  through its map);
+- a projection of the producers' colour writes ``a = Ma(va)``, ``b = Mb(vb)`` (each
+  producer's new value through its map);
 - D's projection writes ``a' = c_aa a + c_ab b + c_ae e1``, ``b' = c_ba a + c_bb b + c_be e1``
-  with per-node coefficients (dot: Theorem 7, ``linear_rule``).
+  with per-node coefficients (dot: Theorem 7, ``linear_rule``);
 
-So the edges are stored as (va, vb, coefficients): the producers' values and six per-node
-scalars instead of two ``[nodes, fan-in]`` arrays. What reads them is a contraction:
+and the algorithms add states linearly (DR's ``2 P0(z) - z``, ...). So every state's copies
+of port k are ``sum_t C_k[t] X_t`` over a *basis* of the producers' values through their
+maps (one slot per value a producer has written) and e1, with per-node coefficients C. The
+state keeps the slots' values and the coefficients instead of the ``[nodes, fan_in]``
+arrays. What reads the edges is a contraction:
 
-- D's projection needs the per-node inner products |a|², |b|², <a, b> (einsums of va, vb:
-  for a dense layer ``rowsum(x²)``, ``colsum(W²)``, ``x @ W``);
-- a producer's consensus (the mean of its out-edges) needs ``Ma^T(a')``, a sum of einsums of
-  the coefficients with va, vb and e1 (for W: ``W * colsum(c_bb) + x^T c_ba``).
+- D's projection needs the per-node inner products of its ports: quadratic forms in C over
+  the basis' inner products (einsums of the slot values: for a dense layer ``rowsum(x²)``,
+  ``colsum(W_s W_t)``, ``x @ W_s``); it composes C with its coefficients;
+- a producer's consensus (the mean of its out-edges) is ``sum_t Ma^T(C[t] X_t)``, einsums of
+  C with the slot values (for W: ``W_s * colsum(C_s) + x^T C_x``).
 
-One AP step then costs matmuls of the size of a forward and a backward pass, with memory
-O(values + parameters) instead of O(edges): the same iterates in exact arithmetic (the design
-guide's collapsed lowering). In floating point the per-node norms |a ± b|² come from inner
-products, which loses relative accuracy where a ≈ ∓b (tests check agreement with the
-materialized lowering in float64). Not for DR or DM (their iterates are not the output of
-the last projection), CP over layers, warm starts or monitoring; families that do not
-qualify (convolutions, gathers, concatenated ports) stay materialized.
+Slots. Under AP and CP no other state is alive when a producer writes, so one slot per port
+is overwritten. DR and DM combine states across projections: each producer-colour
+projection of an update writes its own slot (1 + K x projections per step + the shadow's),
+so the basis grows with the step count -- O(K) memory for the slot values and O(K²) per-node
+work for the quadratic forms, still far below the materialized ``[batch, units, fan_in]``
+traffic for moderate K. Linear combinations act on the coefficients (``combine``); slot
+values agree wherever two states both hold them (each slot is written once) and are 0
+where a state does not, so they merge elementwise.
+
+The same iterates in exact arithmetic; in floating point the per-node norms come from inner
+products, which loses relative accuracy where a port's terms cancel (e.g. a ≈ -b) --
+tests check agreement with the materialized lowering in float64. Not for warm starts or
+per-family monitoring; families that do not qualify (convolutions, gathers, concatenated
+ports) stay materialized.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import string
+
+import numpy as np
 
 from ..ir.feasibility import BroadcastMap, Edge
 from .materialized import Program
@@ -46,22 +59,68 @@ class _Collapsed:
     port: str  # the port axis' letter
     node_shape: tuple
     length: int  # port length
-
-    def key(self, k: int) -> str:
-        return f"{self.name}#{self.edges[k].port}"
+    slots: list  # per port: slots of its basis (1 for an input: its value never changes)
+    offsets: list  # per port: where its slots start in the coefficient axis (e1 is last)
 
     @property
-    def coef_key(self) -> str:
-        return f"{self.name}#coef"
+    def terms(self) -> int:
+        return sum(self.slots) + 1
+
+    def value_key(self, k: int) -> str:
+        return f"{self.name}#{self.edges[k].port}"
+
+    def coef_key(self, k: int) -> str:
+        return f"{self.name}#coef:{self.edges[k].port}"
+
+    def gram_key(self, i: int, j: int) -> str:
+        """The inner products of basis i's slots with basis j's (i <= j; basis len(ports) is e1)."""
+        return f"{self.name}#gram:{i}:{j}"
+
+    def out_labels(self, li: str, lj: str) -> str:
+        return "".join(x for x in self.node if x in li or x in lj)
+
+
+def count_projections(algorithm) -> tuple[dict, dict, bool, bool]:
+    """A dry run of one step and the shadow with a counting projection: how often each
+    projects onto each class, whether the algorithm combines states, and whether every
+    combination is of a chain of states (each operand's projections contain the others':
+    DR, DM with β = 1) rather than of sibling branches (DM with β ≠ 1)."""
+    calls: list = []
+    combined = []
+    chain = [True]
+
+    def project(c, z):
+        calls.append(c)
+        return {"v": z["v"], "w": z["w"] | {object()}}
+
+    def combine(fn, *states):
+        combined.append(True)
+        union = frozenset().union(*(s["w"] for s in states))
+        chain[0] = chain[0] and any(s["w"] == union for s in states)
+        return {"v": fn(*(s["v"] for s in states)), "w": union}
+
+    z = {"v": 1.0, "w": frozenset()}
+    algorithm.step(np, project, z, distance=lambda a, b: 0.0, combine=combine)
+    per_step = collections.Counter(calls)
+    calls.clear()
+    algorithm.shadow(project, z, combine=combine)
+    return dict(per_step), dict(collections.Counter(calls)), bool(combined), chain[0]
 
 
 class CollapsedProgram(Program):
-    """A :class:`Program` in which qualifying dot families keep (va, vb, coefficients)."""
+    """A :class:`Program` in which qualifying dot families keep slot values and coefficients."""
 
-    def __init__(self, plan, **kw):
+    def __init__(self, plan, *, algorithm, steps: int, **kw):
         super().__init__(plan, **kw)
         if len(self.classes) != 2:
-            raise ValueError("the collapsed lowering needs a two-colour schedule (AP)")
+            raise ValueError("the collapsed lowering needs a two-colour schedule")
+        self.per_step, per_shadow, self.combines, chain = count_projections(algorithm)
+        # cached inner products merge like slot values only along a chain of states; where
+        # sibling branches each wrote a slot, the pair's product is in neither: recompute
+        self.recompute_gram = self.combines and not chain
+        # slots a producer colour c writes in one update: the forward pass's, then one per
+        # projection of c (each its own under DR/DM; overwritten in place under AP/CP)
+        self.writes = {c: 1 + steps * self.per_step.get(c, 0) + per_shadow.get(c, 0) for c in range(2)}
         self.collapsed: dict[str, _Collapsed] = {}
         for name, info in self.info.items():
             c = self._collapsible(info)
@@ -75,6 +134,10 @@ class CollapsedProgram(Program):
             else:
                 self.group_of[name] = group
         self.collapsed_edges = {e.key: (c, k) for c in self.collapsed.values() for k, e in enumerate(c.edges)}
+        self.value_keys = {c.value_key(k) for c in self.collapsed.values() for k in range(len(c.edges))}
+        self.coef_keys = {c.coef_key(k) for c in self.collapsed.values() for k in range(len(c.edges))}
+        self.gram_keys = {c.gram_key(i, j) for c in self.collapsed.values()
+                          for i in range(len(c.edges) + 1) for j in range(i, len(c.edges) + 1) if not i == j == len(c.edges)}
 
     def _collapsible(self, info) -> _Collapsed | None:
         f = info.family
@@ -86,13 +149,18 @@ class CollapsedProgram(Program):
                 return None
             e = es[0]
             rank = len(e.type.shape)
-            if not isinstance(e.map, BroadcastMap) or rank - 1 not in e.map.src_axes or rank > 26:
+            if not isinstance(e.map, BroadcastMap) or rank - 1 not in e.map.src_axes or rank > 24:
                 return None
             if self.info[e.src].family.type.dtype == "i32":
                 return None
             edges.append(e)
         rank = len(edges[0].type.shape)
         letters = string.ascii_lowercase[:rank]
+        colour = {n: i for i, names in enumerate(self.classes) for n in names}
+        slots = []
+        for e in edges:
+            const = self.info[e.src].family.kind == "const"
+            slots.append(1 if const or not self.combines else self.writes[colour[e.src]])
         return _Collapsed(
             name=f.name,
             edges=edges,
@@ -101,41 +169,114 @@ class CollapsedProgram(Program):
             port=letters[-1],
             node_shape=tuple(f.type.shape),
             length=int(edges[0].type.shape[-1]),
+            slots=slots,
+            offsets=[sum(slots[:k]) for k in range(len(slots))],
         )
 
-    # the representation ---------------------------------------------------------------------
-    def _value(self, c: _Collapsed, k: int, z: dict, data: dict):
-        """The value producer k wrote (an elided input: the data)."""
-        e = c.edges[k]
-        return data[e.src] if e.key in self.elided else z[c.key(k)]
+    def write_slot(self, c: int, step, call: int):
+        """The slot the ``call``-th projection onto class c of step ``step`` writes (step K:
+        the shadow after the last step)."""
+        if not self.combines:
+            return 0
+        return 1 + step * self.per_step.get(c, 0) + call
 
-    def _identity(self, xp, c: _Collapsed, dtype):
-        ports = len(c.edges)
-        eye = xp.eye(ports, ports + 1, dtype=dtype)  # [port, term]: port k = x_k
-        return xp.broadcast_to(eye.reshape((ports, ports + 1) + (1,) * len(c.node_shape)), (ports, ports + 1) + c.node_shape)
+    # the representation ---------------------------------------------------------------------
+    def _bases(self, xp, c: _Collapsed, z: dict, data: dict, dtype):
+        """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
+        out = []
+        for k, e in enumerate(c.edges):
+            v = data[e.src][None] if self.info[e.src].family.kind == "const" else z[c.value_key(k)]
+            out.append((v, c.labels[k], c.offsets[k]))
+        out.append((self._first(xp, c, dtype)[None], c.port, c.terms - 1))
+        return out
+
+    def _is_const(self, c: _Collapsed, offset: int) -> bool:
+        """Whether the basis starting at ``offset`` is an input's (its value is the data)."""
+        return any(o == offset and self.info[e.src].family.kind == "const" for e, o in zip(c.edges, c.offsets))
 
     def _first(self, xp, c: _Collapsed, dtype):
         return (xp.arange(c.length) == 0).astype(dtype)
 
-    def _einsum_to(self, xp, c: _Collapsed, operands, out: str):
-        spec = ",".join(lab for _, lab in operands) + "->" + out
-        return xp.einsum(spec, *[v for v, _ in operands])
+    def _onehot(self, xp, c: _Collapsed, term, dtype):
+        """Coefficients selecting one term: [terms] + node shape."""
+        hot = (xp.arange(c.terms) == term).astype(dtype)
+        return xp.broadcast_to(xp.reshape(hot, (c.terms,) + (1,) * len(c.node_shape)), (c.terms,) + c.node_shape)
 
-    def _inner(self, xp, c: _Collapsed, v1, l1: str, v2, l2: str):
-        """Per node: <M1(v1), M2(v2)> over the port axis, broadcast to the node shape."""
-        out = "".join(x for x in c.node if x in l1 or x in l2)
-        r = self._einsum_to(xp, c, [(v1, l1), (v2, l2)], out)
-        shape = tuple(s if x in out else 1 for x, s in zip(c.node, c.node_shape))
-        return xp.broadcast_to(xp.reshape(r, shape), c.node_shape)
+    def _block(self, xp, c: _Collapsed, bi, bj):
+        """Inner products of two bases' slots: [slots_i, slots_j] + their node axes."""
+        (vi, li, _), (vj, lj, _) = bi, bj
+        return xp.einsum(f"Y{li},Z{lj}->YZ{c.out_labels(li, lj)}", vi, vj)
+
+    def _quadratic(self, xp, c: _Collapsed, bases, pairs, block):
+        """Per node, for each (C1, C2) in ``pairs``: <sum_t C1[t] X_t, sum_u C2[u] X_u>, from
+        the bases' inner products ``block(i, j)`` (i <= j), shared by every pair."""
+        totals = [0.0] * len(pairs)
+        node = c.node
+        for i, (vi, li, oi) in enumerate(bases):
+            for j, (vj, lj, oj) in enumerate(bases):
+                if j < i:
+                    continue
+                out = c.out_labels(li, lj)
+                g = block(i, j)
+                si, sj = vi.shape[0], vj.shape[0]
+                def form(ca, cb):
+                    """sum_y sum_z Ca[y] G[y, z] Cb[z] per node. A block over every node
+                    axis is applied elementwise (as an einsum it is one tiny matrix product
+                    per node, which XLA on CPU runs ~10x slower), a shared one (W's, per
+                    unit) as an einsum."""
+                    if out == node:
+                        inner = xp.sum(g * cb[None], axis=1)
+                    else:
+                        inner = xp.einsum(f"YZ{out},Z{node}->Y{node}", g, cb)
+                    return xp.sum(ca * inner, axis=0)
+
+                for p, (c1, c2) in enumerate(pairs):
+                    t = form(c1[oi : oi + si], c2[oj : oj + sj])
+                    if j != i:
+                        t = t + form(c2[oi : oi + si], c1[oj : oj + sj])
+                    totals[p] = totals[p] + t
+        return [xp.broadcast_to(t, c.node_shape) for t in totals]
+
+    def _cached(self, xp, c: _Collapsed, z: dict):
+        """``block`` reading a state's cached inner products (e1 with itself is 1)."""
+        one = len(c.edges)
+
+        def block(i, j):
+            if i == j == one:
+                return xp.ones((1, 1), z[c.coef_key(0)].dtype)
+            return z[c.gram_key(i, j)]
+
+        return block
+
+    def _update_gram(self, xp, c: _Collapsed, z: dict, data: dict, ports, slot, dtype):
+        """After ports ``ports`` wrote slot ``slot``: their rows and columns of the cached
+        inner products (against every basis' current slots, so two ports written together
+        see each other's new values)."""
+        bases = self._bases(xp, c, z, data, dtype)
+        for k in ports:
+            vk, lk, _ = bases[k]
+            new = xp.take(vk, slot, axis=0) if not isinstance(slot, int) else vk[slot]
+            for j, (vj, lj, _) in enumerate(bases):
+                i0, j0 = min(k, j), max(k, j)
+                key = c.gram_key(i0, j0)
+                g = z[key]
+                if k <= j:  # row ``slot`` of block (k, j)
+                    row = xp.einsum(f"{lk},Z{lj}->Z{c.out_labels(lk, lj)}", new, vj)
+                    at = xp.reshape(xp.arange(g.shape[0]) == slot, (g.shape[0],) + (1,) * (g.ndim - 1))
+                    g = xp.where(at, row[None], g)
+                if k >= j:  # column ``slot`` of block (j, k)
+                    col = xp.einsum(f"Y{lj},{lk}->Y{c.out_labels(lj, lk)}", vj, new)
+                    at = xp.reshape(xp.arange(g.shape[1]) == slot, (1, g.shape[1]) + (1,) * (g.ndim - 2))
+                    g = xp.where(at, col[:, None], g)
+                z[key] = g
 
     def materialize(self, xp, c: _Collapsed, k: int, z: dict, data: dict):
-        """Port k's edge values (for reading them as a whole: distances, tests)."""
-        coef = z[c.coef_key]
-        shape = c.node_shape + (c.length,)
-        total = coef[k, -1][..., None] * self._first(xp, c, coef.dtype)
-        for j, e in enumerate(c.edges):
-            total = total + coef[k, j][..., None] * e.map.apply(xp, self._value(c, j, z, data), shape, data)
-        return total
+        """Port k's edge values (to read them as a whole: tests, fallbacks)."""
+        coef = z[c.coef_key(k)]
+        total = 0.0
+        for v, lab, off in self._bases(xp, c, z, data, coef.dtype):
+            total = total + xp.einsum(f"Y{c.node},Y{lab}->{c.node}{c.port}", coef[off : off + v.shape[0]], v)
+        return xp.broadcast_to(total, c.node_shape + (c.length,))
 
     # hooks of Program -------------------------------------------------------------------------
     def init_edges(self, xp, vals: dict, data: dict) -> dict:
@@ -143,10 +284,19 @@ class CollapsedProgram(Program):
              for e in self.plan.edges if e.key not in self.elided and e.key not in self.collapsed_edges}
         for c in self.collapsed.values():
             for k, e in enumerate(c.edges):
-                if e.key not in self.elided:
-                    z[c.key(k)] = vals[e.src]
-            z[c.coef_key] = self._identity(xp, c, z[c.key(0)].dtype if c.key(0) in z else data[c.edges[0].src].dtype)
+                v = vals[e.src]
+                if self.info[e.src].family.kind != "const":
+                    z[c.value_key(k)] = xp.concatenate([v[None], xp.zeros((c.slots[k] - 1,) + v.shape, v.dtype)])
+                z[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k], v.dtype)
+            self._all_blocks(xp, c, z, data)
         return z
+
+    def _all_blocks(self, xp, c: _Collapsed, z: dict, data: dict):
+        bases = self._bases(xp, c, z, data, z[c.coef_key(0)].dtype)
+        for i in range(len(bases)):
+            for j in range(i, len(bases)):
+                if not i == j == len(c.edges):
+                    z[c.gram_key(i, j)] = self._block(xp, c, bases[i], bases[j])
 
     def _edge(self, xp, e: Edge, z: dict, data: dict):
         if e.key in self.collapsed_edges:
@@ -158,100 +308,163 @@ class CollapsedProgram(Program):
         if e.key not in self.collapsed_edges:
             return super()._transpose_edge(xp, e, z, data)
         c, k = self.collapsed_edges[e.key]
-        coef = z[c.coef_key][k]
-        out = c.labels[k]
-        total = self._einsum_to(xp, c, [(coef[-1], c.node), (self._first(xp, c, coef.dtype), c.port)], out)
-        for j in range(len(c.edges)):
-            total = total + self._einsum_to(xp, c, [(coef[j], c.node), (self._value(c, j, z, data), c.labels[j])], out)
+        coef = z[c.coef_key(k)]
+        total = 0.0
+        target = c.labels[k]
+        for v, lab, off in self._bases(xp, c, z, data, coef.dtype):
+            cs = coef[off : off + v.shape[0]]
+            if lab == target:
+                # a basis on the producer's own axes (W's slots for W): the coefficients
+                # summed over the other node axes (a contraction with ones: XLA on CPU
+                # reduces leading axes slowly), then each slot scaled, unrolled
+                keep = "".join(x for x in c.node if x in target)
+                other = "".join(x for x in c.node if x not in target)
+                if other:
+                    ones = [xp.ones((n,), cs.dtype) for x, n in zip(c.node, c.node_shape) if x not in target]
+                    cs = xp.einsum(f"Y{c.node}," + ",".join(other) + f"->Y{keep}", cs, *ones)
+                for y in range(v.shape[0]):
+                    total = total + xp.einsum(f"{keep},{lab}->{target}", cs[y], v[y])
+            else:
+                total = total + xp.einsum(f"Y{c.node},Y{lab}->{target}", cs, v)
         return total
 
-    def _write_out(self, xp, info, value, new: dict, data: dict):
-        plain = [e for e in info.out if e.key not in self.collapsed_edges]
-        for e in plain:
-            if e.key not in self.elided:
-                new[e.key] = e.map.apply(xp, value, e.type.shape, data)
+    def _write_out(self, xp, info, value, new: dict, data: dict, write=0):
         for e in info.out:
             if e.key in self.collapsed_edges:
                 c, k = self.collapsed_edges[e.key]
-                if e.key not in self.elided:
-                    new[c.key(k)] = value
-                new[c.coef_key] = self._identity(xp, c, value.dtype)
+                if self.info[e.src].family.kind == "const":
+                    slot = 0
+                else:
+                    slot = write
+                    old = new[c.value_key(k)]
+                    at = xp.reshape(xp.arange(c.slots[k]) == slot, (c.slots[k],) + (1,) * value.ndim)
+                    new[c.value_key(k)] = xp.where(at, value[None], old)
+                new[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k] + slot, value.dtype)
+            elif e.key not in self.elided:
+                new[e.key] = e.map.apply(xp, value, e.type.shape, data)
 
-    def project_families(self, xp, names, z: dict, data: dict) -> dict:
+    def project_families(self, xp, names, z: dict, data: dict, write=0) -> dict:
         rest = [n for n in names if n not in self.collapsed]
-        new = super().project_families(xp, rest, z, data)
+        new = super().project_families(xp, rest, z, data, write)
+        here = set(names)
+        for c in self.collapsed.values():
+            ports = [k for k, e in enumerate(c.edges) if e.src in here and self.info[e.src].family.kind != "const"]
+            if ports:
+                self._update_gram(xp, c, new, data, ports, write, new[c.coef_key(0)].dtype)
         for name in names:
             if name in self.collapsed:
-                self._project_collapsed(xp, self.collapsed[name], z, new, data)
+                self._project_collapsed(xp, self.collapsed[name], z, new, data, write)
         return new
 
-    def _project_collapsed(self, xp, c: _Collapsed, z: dict, new: dict, data: dict):
-        """D's projection from the inner products of its inputs. Its in-edges hold the
-        producers' values here (AP: the other colour was projected last, or the forward
-        pass initialised them), so the coefficients restart from the identity."""
+    def _project_collapsed(self, xp, c: _Collapsed, z: dict, new: dict, data: dict, write):
+        """D's projection from the inner products of its ports; the new coefficients are the
+        projection's (in terms of the ports) composed with the ports' own."""
         info = self.info[c.name]
-        vals = [self._value(c, k, z, data) for k in range(len(c.edges))]
-        n = len(vals)
-        gram = [self._inner(xp, c, vals[k], c.labels[k], vals[k], c.labels[k]) for k in range(n)]
-        gram += [self._inner(xp, c, vals[i], c.labels[i], vals[j], c.labels[j]) for i in range(n) for j in range(i + 1, n)]
+        coefs = [z[c.coef_key(k)] for k in range(len(c.edges))]
+        dtype = coefs[0].dtype
+        bases = self._bases(xp, c, z, data, dtype)
+        n = len(coefs)
+        pairs = [(coefs[k], coefs[k]) for k in range(n)] + [(coefs[i], coefs[j]) for i in range(n) for j in range(i + 1, n)]
+        gram = self._quadratic(xp, c, bases, pairs, self._cached(xp, c, z))
         deg = self.degree(info, data)
         ybar = self._mean_out(xp, info, z, data, deg)
         if info.has_unused:
-            ins = [e.map.apply(xp, v, c.node_shape + (c.length,), data) for e, v in zip(c.edges, vals)]
+            ins = [self.materialize(xp, c, k, z, data) for k in range(n)]
             ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
         coef, y = info.prim.linear_rule(xp, info.prim.opts, tuple(gram), ybar, self._weight(xp, deg, ybar.dtype))
-        new[c.coef_key] = xp.stack([xp.stack([xp.broadcast_to(t, c.node_shape) for t in row]) for row in coef])
-        self._write_out(xp, info, y, new, data)
+        e1 = self._onehot(xp, c, c.terms - 1, dtype)
+        for k in range(n):
+            new[c.coef_key(k)] = sum(coef[k][j][None] * coefs[j] for j in range(n)) + coef[k][-1][None] * e1
+        self._write_out(xp, info, y, new, data, write)
 
-    # sizes and residuals ----------------------------------------------------------------------
+    # the algorithms' arithmetic ---------------------------------------------------------------
+    def combine(self, xp, data, fn, *states):
+        """``fn`` (linear) applied to the states: to edges and coefficients leaf by leaf; slot
+        values merge (each slot is written once, and is 0 in a state that does not hold it)."""
+        out = {}
+        for key in states[0]:
+            leaves = [s[key] for s in states]
+            if key in self.value_keys or key in self.gram_keys:
+                merged = leaves[0]
+                for other in leaves[1:]:
+                    merged = xp.where(merged == 0, other, merged)
+                out[key] = merged
+            else:
+                out[key] = fn(*leaves)
+        if self.recompute_gram:
+            for c in self.collapsed.values():
+                self._all_blocks(xp, c, out, data)
+        return out
+
+    def distance(self, xp, a: dict, b: dict, data: dict):
+        """|a - b| over the edges the states represent: a collapsed port's difference is
+        sum_t C_a[t] X_t - sum_u C_b[u] Y_u, and its squared norm the quadratic form of the
+        joint coefficients over the joint basis (a basis both states hold counts once: under
+        DR/DM the merged slots, under AP the values a projection left in place). Clamped at 0
+        per node: it carries rounding of order eps |C|² |G|."""
+        sq = 0.0
+        for k in a:
+            if k in b and k not in self.value_keys and k not in self.coef_keys and k not in self.gram_keys:
+                sq = sq + xp.sum((a[k] - b[k]) ** 2)
+        if self.combines:  # slots agree where both states hold them: one merged basis
+            merged = self.combine(xp, data, lambda x, y: x, a, b)
+            values = {k: merged[k] for k in self.value_keys | self.gram_keys if k in merged}
+            a, b = {**a, **values}, {**b, **values}
+        for c in self.collapsed.values():
+            ports = [k for k, e in enumerate(c.edges) if e.key not in self.elided]
+            if not ports:
+                continue
+            dtype = a[c.coef_key(0)].dtype
+            bases_a, bases_b = self._bases(xp, c, a, data, dtype), self._bases(xp, c, b, data, dtype)
+            bases = list(bases_a)
+            where = []  # per basis of b: its index in ``bases``
+            for vb, lb, ob in bases_b:
+                # the same basis: the same array, or an input's data (its slot never changes), or e1
+                at = next((i for i, (va, la, oa) in enumerate(bases_a)
+                           if la == lb and oa == ob and (va is vb or ob == c.terms - 1 or self._is_const(c, ob))), None)
+                if at is None:
+                    bases.append((vb, lb, None))
+                    at = len(bases) - 1
+                where.append(at)
+            # joint coefficients: a's terms, then the terms of b's bases that a does not hold
+            extra = [i for i in range(len(bases_a), len(bases))]
+            offsets, total = [], 0
+            for v, _, _ in bases:
+                offsets.append(total)
+                total += v.shape[0]
+            joint_bases = [(v, lab, off) for (v, lab, _), off in zip(bases, offsets)]
+            pairs = []
+            for k in ports:
+                ca, cb = a[c.coef_key(k)], b[c.coef_key(k)]
+                parts = [ca[o : o + v.shape[0]] for v, _, o in bases_a]
+                parts += [None for _ in extra]
+                for (vb, _, ob), at in zip(bases_b, where):
+                    piece = -cb[ob : ob + vb.shape[0]]
+                    if at < len(bases_a):
+                        parts[at] = parts[at] + piece
+                    else:
+                        parts[at] = piece
+                d = xp.concatenate(parts, axis=0)
+                pairs.append((d, d))
+            if len(bases) == len(bases_a) and self.combines:  # one basis: the cached products
+                block = self._cached(xp, c, a)
+            else:
+                block = lambda i, j: self._block(xp, c, joint_bases[i], joint_bases[j])  # noqa: E731
+            for q in self._quadratic(xp, c, joint_bases, pairs, block):
+                sq = sq + xp.sum(xp.maximum(q, 0))
+        return xp.sqrt(sq)
+
+    # sizes ----------------------------------------------------------------------------------------
     def state_bytes(self, itemsize: int | None = None) -> int:
-        import numpy as np
-
         size = itemsize or np.dtype(self.dtype).itemsize
         count = sum(math.prod(e.type.shape) for e in self.plan.edges
                     if e.key not in self.elided and e.key not in self.collapsed_edges)
         for c in self.collapsed.values():
-            ports = len(c.edges)
-            count += ports * (ports + 1) * math.prod(c.node_shape)
-            count += sum(math.prod(self.info[e.src].family.type.shape) for e in c.edges if e.key not in self.elided)
+            count += len(c.edges) * c.terms * math.prod(c.node_shape)
+            sizes = [(s, c.labels[k]) for k, s in enumerate(c.slots)] + [(1, c.port)]
+            shape = dict(zip(c.node, c.node_shape))
+            count += sum(si * sj * math.prod(shape[x] for x in c.out_labels(li, lj))
+                         for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes) if i <= j and not i == j == len(c.edges))
+            count += sum(s * math.prod(self.info[e.src].family.type.shape)
+                         for e, s in zip(c.edges, c.slots) if self.info[e.src].family.kind != "const")
         return count * size
-
-    def distance(self, xp, a: dict, b: dict, data: dict):
-        """|a - b| over the edges the states represent. A collapsed port's difference is
-        sum_t d_t X_t over the vectors X_t it combines (the producers' values through their
-        maps, in either state, and e1; a value both states share counts once), so its
-        squared norm is d^T G d with G the per-node inner products: matmuls, like the
-        projection, instead of a pass over the edges. (It is clamped at 0 per node: in
-        floating point the quadratic form carries rounding of order eps * |d|² |G|.)"""
-        rep = {c.coef_key for c in self.collapsed.values()} | {c.key(k) for c in self.collapsed.values() for k in range(len(c.edges))}
-        sq = 0.0
-        for k in a:
-            if k in b and k not in rep:
-                sq = sq + xp.sum((a[k] - b[k]) ** 2)
-        for c in self.collapsed.values():
-            for k, e in enumerate(c.edges):
-                if e.key not in self.elided:  # as in the materialized lowering: over stored edges
-                    sq = sq + xp.sum(self._port_distance2(xp, c, k, a, b, data))
-        return xp.sqrt(sq)
-
-    def _port_distance2(self, xp, c: _Collapsed, k: int, a: dict, b: dict, data: dict):
-        """Per node: |port k's edges in a - port k's edges in b|²."""
-        coef_a, coef_b = a[c.coef_key][k], b[c.coef_key][k]
-        first = self._first(xp, c, coef_a.dtype)
-        vectors: list = [(first, c.port)]  # (value, its einsum labels)
-        weights: list = [coef_a[-1] - coef_b[-1]]
-        for state, coef, sign in ((a, coef_a, 1), (b, coef_b, -1)):
-            for j in range(len(c.edges)):
-                v = self._value(c, j, state, data)
-                at = next((t for t, (u, lab) in enumerate(vectors) if u is v and lab == c.labels[j]), None)
-                if at is None:
-                    vectors.append((v, c.labels[j]))
-                    weights.append(sign * coef[j])
-                else:
-                    weights[at] = weights[at] + sign * coef[j]
-        total = 0.0
-        for s in range(len(vectors)):
-            for t in range(s, len(vectors)):
-                g = self._inner(xp, c, *vectors[s], *vectors[t])
-                total = total + (1 if s == t else 2) * weights[s] * weights[t] * g
-        return xp.maximum(total, 0)

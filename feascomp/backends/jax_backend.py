@@ -28,19 +28,31 @@ class JaxBackend:
             data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
                 z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data)
+            combine = getattr(prog, "combine", None)
+            combine = (lambda fn, *zs: prog.combine(jnp, data, fn, *zs)) if combine else jax.tree_util.tree_map
+            distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
 
-            def project(c, z):
-                return prog.project(jnp, c, z, data)
+            def projector(i):
+                """project(c, z) for step i (K: the shadow after the last step): each call
+                knows which of the step's projections onto its class it is (collapsed.py)."""
+                calls = {}
 
-            def body(z, _):
-                z, r = alg.step(jnp, project, z, lambda a, b: prog.distance(jnp, a, b, data))
+                def project(c, z):
+                    m = calls[c] = calls.get(c, -1) + 1
+                    write = prog.write_slot(c, i, m) if hasattr(prog, "write_slot") else 0
+                    return prog.project(jnp, c, z, data, write)
+
+                return project
+
+            def body(z, i):
+                z, r = alg.step(jnp, projector(i), z, distance, combine)
                 out = {"step": r}
                 if monitor:
-                    out["family"] = prog.family_distances(jnp, alg.shadow(project, z), data)
+                    out["family"] = prog.family_distances(jnp, alg.shadow(projector(i), z, combine), data)
                 return z, out
 
-            z, residuals = jax.lax.scan(body, z, None, length=K)
-            return prog.param_means(jnp, alg.shadow(project, z), params, data), residuals, z
+            z, residuals = jax.lax.scan(body, z, jnp.arange(K))
+            return prog.param_means(jnp, alg.shadow(projector(K), z, combine), params, data), residuals, z
 
         return update
 

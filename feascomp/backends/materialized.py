@@ -214,17 +214,18 @@ class Program:
             return total / deg
         return total / xp.maximum(xp.asarray(deg, total.dtype), 1)
 
-    def _write_out(self, xp, info, value, new: dict, data: dict):
+    def _write_out(self, xp, info, value, new: dict, data: dict, write=0):
         for e in info.out:
             if e.key not in self.elided:
                 new[e.key] = e.map.apply(xp, value, e.type.shape, data)
 
-    def project(self, xp, c: int, z: dict, data: dict) -> dict:
+    def project(self, xp, c: int, z: dict, data: dict, write=0) -> dict:
         """P_c(z) for class c of the schedule (a colour, or a CP layer): a new state in
-        which every edge incident to the class's families is projected."""
-        return self.project_families(xp, self.classes[c], z, data)
+        which every edge incident to the class's families is projected. ``write``: where a
+        lowering that keeps several values per producer puts this projection's (collapsed.py)."""
+        return self.project_families(xp, self.classes[c], z, data, write)
 
-    def project_families(self, xp, names, z: dict, data: dict) -> dict:
+    def project_families(self, xp, names, z: dict, data: dict, write=0) -> dict:
         new = dict(z)
         done = set()
         for name in names:
@@ -232,17 +233,17 @@ class Program:
                 continue
             group = self.group_of.get(name)
             if group is not None and set(group) <= set(names):
-                self._project_group(xp, group, z, new, data)
+                self._project_group(xp, group, z, new, data, write)
                 done.update(group)
                 continue
             info = self.info[name]
             f = info.family
             if f.kind == "const":
-                self._write_out(xp, info, data[name], new, data)
+                self._write_out(xp, info, data[name], new, data, write)
             elif f.kind == "param":
                 if not info.out:
                     continue
-                self._write_out(xp, info, self._mean_out(xp, info, z, data), new, data)
+                self._write_out(xp, info, self._mean_out(xp, info, z, data), new, data, write)
             elif f.kind == "target":
                 (_, n, es), = info.in_ports
                 logits = self._gather(xp, es, n, lambda e: self._edge(xp, e, z, data))
@@ -255,7 +256,7 @@ class Program:
                 new_ins, y = info.prim.project(ins, ybar, w)
                 for (_, n, es), x in zip(info.in_ports, new_ins):
                     self._scatter(xp, es, n, x, new)
-                self._write_out(xp, info, y, new, data)
+                self._write_out(xp, info, y, new, data, write)
         return new
 
     def _read(self, xp, info, z: dict, data: dict):
@@ -268,7 +269,7 @@ class Program:
             ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
         return ins, ybar, self._weight(xp, deg, ybar.dtype)
 
-    def _project_group(self, xp, group, z: dict, new: dict, data: dict):
+    def _project_group(self, xp, group, z: dict, new: dict, data: dict, write=0):
         """One projection call for a fused group (fuse-projections): each member's nodes
         flattened, vector ports zero-padded to the longest (primitives declaring
         ``zero_padding`` only; otherwise the pass gave equal lengths), stacked, projected,
@@ -299,7 +300,7 @@ class Program:
                 part = x[start : start + count]
                 part = xp.reshape(part[:, :n] if n else part, shape + ((n,) if n else ()))
                 self._scatter(xp, es, n, part, new)
-            self._write_out(xp, info, xp.reshape(y[start : start + count], shape), new, data)
+            self._write_out(xp, info, xp.reshape(y[start : start + count], shape), new, data, write)
             start += count
 
     def _weight(self, xp, deg, dtype):
