@@ -1,5 +1,5 @@
-"""The collapsed lowering (AP): the same iterates as the materialized lowering, from values
-and per-node coefficients instead of stored edges."""
+"""The collapsed lowering: the same iterates as the materialized lowering (AP, DR, DM), from
+producer values and per-node coefficients instead of stored edges."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,30 +23,38 @@ models = st.tuples(
 )
 
 
-def run(tensor, batch, lowering, params, x, y, weighted, steps=6, pipeline=DEFAULT_PIPELINE, updates=1):
-    solver = feascomp.compile(tensor, batch_size=batch, algorithm="ap", steps=steps, dtype="float64",
-                              weighted=weighted, lowering=lowering, pipeline=pipeline)
+ALGORITHMS = [("ap", {}), ("dr", {"relaxation": 0.8}), ("dm", {"beta": 0.7})]
+
+
+def run(tensor, batch, lowering, params, x, y, weighted, steps=3, pipeline=DEFAULT_PIPELINE, updates=1, algorithm="ap",
+        options=None):
+    solver = feascomp.compile(tensor, batch_size=batch, algorithm=algorithm, steps=steps, dtype="float64",
+                              weighted=weighted, lowering=lowering, pipeline=pipeline, **(options or {}))
     state = solver.init(params)
     for i in range(updates):
         p, state, info = solver.update(state, x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch])
     return {k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"]), solver
 
 
-@settings(max_examples=10, deadline=None)
-@given(models)
-def test_collapsed_ap_matches_materialized_on_random_mlps(case):
-    widths, bias, readout, batch, seed, weighted, loss = case
-    tensor = parse_model(mlp_source(widths, bias, readout, loss=loss))
-    rng = np.random.default_rng(seed)
-    params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
-    x = rng.normal(size=(batch, widths[0]))
-    y = rng.integers(0, widths[-1], size=batch)
-    pm, rm, _ = run(tensor, batch, "materialized", params, x, y, weighted)
-    pc, rc, solver = run(tensor, batch, "collapsed", params, x, y, weighted)
-    assert solver.program.collapsed  # every dense layer qualifies
-    for k in pm:
-        np.testing.assert_allclose(pc[k], pm[k], rtol=1e-9, atol=1e-11, err_msg=k)
-    np.testing.assert_allclose(rc, rm, rtol=1e-7, atol=1e-9)
+@pytest.mark.parametrize("algorithm,options", ALGORITHMS, ids=[f"{a}{o}" for a, o in ALGORITHMS])
+def test_collapsed_matches_materialized_on_random_mlps(algorithm, options):
+    @settings(max_examples=4 if algorithm == "ap" else 2, deadline=None)
+    @given(models)
+    def check(case):
+        widths, bias, readout, batch, seed, weighted, loss = case
+        tensor = parse_model(mlp_source(widths, bias, readout, loss=loss))
+        rng = np.random.default_rng(seed)
+        params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
+        x = rng.normal(size=(batch, widths[0]))
+        y = rng.integers(0, widths[-1], size=batch)
+        pm, rm, _ = run(tensor, batch, "materialized", params, x, y, weighted, algorithm=algorithm, options=options)
+        pc, rc, solver = run(tensor, batch, "collapsed", params, x, y, weighted, algorithm=algorithm, options=options)
+        assert solver.program.collapsed  # every dense layer qualifies
+        for k in pm:
+            np.testing.assert_allclose(pc[k], pm[k], rtol=1e-8, atol=1e-10, err_msg=k)
+        np.testing.assert_allclose(rc, rm, rtol=1e-6, atol=1e-8)
+
+    check()
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +62,49 @@ def digits():
     return data.load("digits")
 
 
-@pytest.mark.parametrize("model,collapsed", [("examples/digits_mlp.fc", {"0", "logits"}),
-                                             ("examples/digits_readout.fc", {"0", "2", "4"}),
-                                             ("examples/digits_residual.fc", {"0", "2", "logits"}),
-                                             ("examples/digits_cnn.fc", {"logits"})])
-def test_collapsed_ap_matches_materialized_on_examples(model, collapsed, digits):
-    """Two updates of 4 steps, weighted; convolutions stay materialized next to collapsed
-    dense layers."""
+EXAMPLES = [("examples/digits_mlp.fc", {"0", "logits"}), ("examples/digits_readout.fc", {"0", "2", "4"}),
+            ("examples/digits_residual.fc", {"0", "2", "logits"}), ("examples/digits_cnn.fc", {"logits"})]
+
+
+@pytest.mark.parametrize("algorithm,options,model,collapsed",
+                         [("ap", {}, m, c) for m, c in EXAMPLES] + [("dr", {}, *EXAMPLES[1]), ("dr", {}, *EXAMPLES[3]),
+                                                                  ("dm", {"beta": 0.7}, *EXAMPLES[0])])
+def test_collapsed_matches_materialized_on_examples(model, collapsed, algorithm, options, digits):
+    """Two updates of 3 steps, weighted; convolutions stay materialized next to collapsed
+    dense layers. DM with β ≠ 1 combines sibling branches (its cached inner products are
+    recomputed at each combination)."""
     pipeline = FUSED_PIPELINE if model.endswith("readout.fc") else DEFAULT_PIPELINE
     tensor = feascomp.solver.load_model(model)
     params = feascomp.compile(tensor, batch_size=8, pipeline=pipeline).init_params(0)
     x, y = digits.x_train[:16], digits.y_train[:16]
-    pm, rm, sm = run(tensor, 8, "materialized", params, x, y, True, steps=4, pipeline=pipeline, updates=2)
-    pc, rc, sc = run(tensor, 8, "collapsed", params, x, y, True, steps=4, pipeline=pipeline, updates=2)
+    pm, rm, sm = run(tensor, 8, "materialized", params, x, y, True, steps=3, pipeline=pipeline, updates=2,
+                     algorithm=algorithm, options=options)
+    pc, rc, sc = run(tensor, 8, "collapsed", params, x, y, True, steps=3, pipeline=pipeline, updates=2,
+                     algorithm=algorithm, options=options)
     assert set(sc.program.collapsed) == collapsed
-    assert sc.state_bytes < sm.state_bytes
+    assert sc.program.recompute_gram == (algorithm == "dm")
+    if algorithm == "ap":
+        assert sc.state_bytes < sm.state_bytes
     for k in pm:
         np.testing.assert_allclose(pc[k], pm[k], rtol=1e-9, atol=1e-11, err_msg=k)
     np.testing.assert_allclose(rc, rm, rtol=1e-7)
 
 
 def test_collapsed_state_is_values_and_coefficients():
-    """784-128-10, batch 256: the edge state is the hidden layer's values, W2, and six
-    coefficients per dot node, not the [256, 128, 784] copies of W1."""
+    """784-128-10, batch 256: the edge state is the producers' values, coefficients per dot
+    node and slot, and the slots' inner products, not the [256, 128, 784] copies. AP keeps
+    one slot per port; DR one per producer-colour projection of an update (K + 2)."""
+    m = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="dr")
+    assert m.state_bytes > 190e6
     s = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="ap", lowering="collapsed")
-    m = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="ap")
-    assert m.state_bytes > 100e6
     assert s.state_bytes < 2e6
+    assert {c.name: c.slots for c in s.program.collapsed.values()} == {"0": [1, 1], "logits": [1, 1]}
+    d = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="dr", steps=10, lowering="collapsed")
+    assert {c.name: c.slots for c in d.program.collapsed.values()} == {"0": [1, 12], "logits": [12, 12]}
+    assert d.state_bytes < 15e6
 
 
-@pytest.mark.parametrize("options,needs", [(dict(algorithm="dr"), "--algorithm ap"), (dict(algorithm="cp"), "--algorithm ap"),
+@pytest.mark.parametrize("options,needs", [(dict(algorithm="cp"), "--algorithm ap, dr or dm"),
                                            (dict(algorithm="ap", warm_start=True), "cold start"),
                                            (dict(algorithm="ap", monitor=True), "monitoring"),
                                            (dict(algorithm="ap", backend="numpy"), "jax backend"),
@@ -94,13 +115,14 @@ def test_collapsed_lowering_refuses_what_it_cannot_do(options, needs):
         feascomp.compile("examples/digits_mlp.fc", batch_size=4, **options)
 
 
-def test_collapsed_ap_trains_like_materialized(digits):
+@pytest.mark.parametrize("algorithm", ["ap", "dr"])
+def test_collapsed_trains_like_materialized(algorithm, digits):
     """float32 training: the same accuracy to within rounding's effect."""
     from models import fit
 
     acc = {}
     for lowering in ("materialized", "collapsed"):
-        s = feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm="ap", steps=20, lowering=lowering)
+        s = feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm=algorithm, steps=20, lowering=lowering)
         p, _, _ = fit(s, digits, 20)
         acc[lowering] = s.accuracy(p, digits.x_test, digits.y_test)
     assert acc["collapsed"] > 0.7
@@ -115,19 +137,66 @@ vectors = st.integers(1, 6).flatmap(lambda n: st.tuples(
 @settings(max_examples=200, deadline=None)
 @given(vectors)
 def test_dot_linear_rule_reproduces_the_projection(case):
-    """dot's coefficients (from |a|², |b|², <a, b>) applied to (a0, b0) give the projection
-    itself, to rounding (the Gram form loses accuracy only where a0 ≈ ∓b0)."""
+    """dot's coefficients (from |a|², |b|², <a, b>) applied to (a0, b0) give a nearest point
+    of the graph: on it, and as near as the projection's own. Away from a0 = ±b0 (where the
+    nearest point is not unique and the Gram form's rounding may pick another one) it is
+    the projection's point."""
     a0, b0, z0, w = (np.asarray(v, np.float64) if isinstance(v, list) else v for v in case)
     dot = primitives.get("dot")
     (a, b), z = dot.project((a0[None], b0[None]), np.array([z0]), w)
     gram = (a0 @ a0, b0 @ b0, a0 @ b0)
     coef, zc = dot.project_linear([np.array([g]) for g in gram], np.array([z0]), w)
-    first = np.eye(len(a0))[0]
-    basis = (a0, b0, first)
+    basis = (a0, b0, np.eye(len(a0))[0])
     ac = sum(coef[0][t][0] * basis[t] for t in range(3))
     bc = sum(coef[1][t][0] * basis[t] for t in range(3))
     scale = 1 + np.abs(a0).sum() + np.abs(b0).sum() + abs(z0)
-    tol = 1e-7 * scale / max(np.linalg.norm(a0 + b0) * np.linalg.norm(a0 - b0) / scale**2, 1e-3)
-    np.testing.assert_allclose(zc, z, atol=tol)
-    np.testing.assert_allclose(ac, a[0], atol=tol)
-    np.testing.assert_allclose(bc, b[0], atol=tol)
+    # the Gram form's |a0 ± b0|² are accurate to eps (|a0|² + |b0|²): relative to the smaller
+    # one, that is its conditioning (below 64 eps (|a0|² + |b0|²) it counts as 0)
+    eps, norms = np.finfo(np.float64).eps, gram[0] + gram[1]
+    small = min(np.sum((a0 + b0) ** 2), np.sum((a0 - b0) ** 2)) / 2
+    tol = (1e-9 + 10 * eps * norms / max(small, 64 * eps * norms, 1e-300)) * scale**2
+    assert abs(ac @ bc - zc[0]) <= tol
+
+    def dist2(a, b, z):
+        return np.sum((a - a0) ** 2) + np.sum((b - b0) ** 2) + w * (z - z0) ** 2
+
+    assert dist2(ac, bc, zc[0]) <= dist2(a[0], b[0], z[0]) + tol
+    if min(np.linalg.norm(a0 + b0), np.linalg.norm(a0 - b0)) > 1e-3 * scale:
+        np.testing.assert_allclose(zc, z, atol=1e-8 * scale)
+        np.testing.assert_allclose(ac, a[0], atol=1e-7 * scale)
+        np.testing.assert_allclose(bc, b[0], atol=1e-7 * scale)
+
+
+@pytest.mark.parametrize("algorithm,options,per_step,shadow,combines,chain", [
+    ("ap", {}, {0: 1, 1: 1}, {}, False, True),
+    ("dr", {}, {0: 1, 1: 1}, {0: 1}, True, True),
+    ("dm", {}, {0: 1, 1: 1}, {0: 1, 1: 1}, True, True),
+    ("dm", {"beta": 0.7}, {0: 2, 1: 2}, {0: 2, 1: 2}, True, False),
+])
+def test_projection_counts_size_the_slots(algorithm, options, per_step, shadow, combines, chain):
+    from feascomp.algorithms import get_algorithm
+    from feascomp.backends.collapsed import count_projections
+
+    assert count_projections(get_algorithm(algorithm, **options)) == (per_step, shadow, combines, chain)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sign", [1.0, -1.0, 0.0])
+@pytest.mark.parametrize("z0", [-5.0, 0.0, 5.0])
+def test_dot_linear_rule_at_ties(dtype, sign, z0):
+    """a0 = ±b0 (and both 0), where the Gram form's |a0 ∓ b0|² is rounding: the degenerate
+    branch's direction, a finite point on the graph, as near as the projection's."""
+    a0 = np.array([0.1, 0.2, 0.3], dtype) * (sign != 0.0)
+    b0 = (sign * a0).astype(dtype)
+    dot = primitives.get("dot")
+    gram = [np.array([g], dtype) for g in (a0 @ a0, b0 @ b0, a0 @ b0)]
+    coef, zc = dot.project_linear(gram, np.array([z0], dtype), 1.0)
+    basis = (a0, b0, np.eye(3, dtype=dtype)[0])
+    ac = sum(coef[0][t][0] * basis[t] for t in range(3))
+    bc = sum(coef[1][t][0] * basis[t] for t in range(3))
+    assert np.all(np.isfinite(ac)) and np.all(np.isfinite(bc)) and np.isfinite(zc[0])
+    tol = 50 * np.finfo(dtype).eps * (1 + abs(z0))
+    assert abs(float(ac @ bc) - float(zc[0])) <= tol
+    (a, b), z = dot.project((a0[None], b0[None]), np.array([z0], dtype), 1.0)
+    d = lambda a, b, z: np.sum((a - a0) ** 2) + np.sum((b - b0) ** 2) + (z - z0) ** 2  # noqa: E731
+    assert d(ac, bc, zc[0]) <= d(a[0], b[0], z[0]) + tol

@@ -171,8 +171,14 @@ def linear_dot(xp, opts, gram, z0, w):
     arithmetic; in floating point |a0 ± b0|² is formed from inner products, which loses
     relative accuracy where a0 ≈ ∓b0 (as any Gram-based method does)."""
     aa, bb, ab = gram
-    A2 = xp.maximum(0.5 * (aa + bb) + ab, 0)
-    B2 = xp.maximum(0.5 * (aa + bb) - ab, 0)
+    # |a0 ± b0|² carry rounding of order eps (|a0|² + |b0|²): below a few times that they are
+    # 0 (a0 = ∓b0 to working precision), so the degenerate branch picks a direction that
+    # exists instead of normalising a vector that is only rounding
+    noise = 64 * eps(aa.dtype) * (aa + bb)
+    A2 = 0.5 * (aa + bb) + ab
+    B2 = 0.5 * (aa + bb) - ab
+    A2 = xp.where(A2 > noise, A2, 0)
+    B2 = xp.where(B2 > noise, B2, 0)
     ka, kb, z = _coefficients(xp, A2, B2, z0, w, aa.dtype)
     return tuple((ks + kd, ks - kd, ke) for ks, kd, ke in (ka, kb)), z
 
