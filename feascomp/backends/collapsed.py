@@ -262,12 +262,18 @@ class CollapsedProgram(Program):
                 g = z[key]
                 if k <= j:  # row ``slot`` of block (k, j)
                     row = xp.einsum(f"{lk},Z{lj}->Z{c.out_labels(lk, lj)}", new, vj)
-                    at = xp.reshape(xp.arange(g.shape[0]) == slot, (g.shape[0],) + (1,) * (g.ndim - 1))
-                    g = xp.where(at, row[None], g)
-                if k >= j:  # column ``slot`` of block (j, k)
+                    if g.shape[0] == 1:
+                        g = row[None]
+                    else:
+                        at = xp.reshape(xp.arange(g.shape[0]) == slot, (g.shape[0],) + (1,) * (g.ndim - 1))
+                        g = xp.where(at, row[None], g)
+                if k >= j and not (k == j and g.shape[0] == 1):  # column ``slot`` of block (j, k)
                     col = xp.einsum(f"Y{lj},{lk}->Y{c.out_labels(lj, lk)}", vj, new)
-                    at = xp.reshape(xp.arange(g.shape[1]) == slot, (1, g.shape[1]) + (1,) * (g.ndim - 2))
-                    g = xp.where(at, col[:, None], g)
+                    if g.shape[1] == 1:
+                        g = col[:, None]
+                    else:
+                        at = xp.reshape(xp.arange(g.shape[1]) == slot, (1, g.shape[1]) + (1,) * (g.ndim - 2))
+                        g = xp.where(at, col[:, None], g)
                 z[key] = g
 
     def materialize(self, xp, c: _Collapsed, k: int, z: dict, data: dict):
@@ -336,9 +342,11 @@ class CollapsedProgram(Program):
                     slot = 0
                 else:
                     slot = write
-                    old = new[c.value_key(k)]
-                    at = xp.reshape(xp.arange(c.slots[k]) == slot, (c.slots[k],) + (1,) * value.ndim)
-                    new[c.value_key(k)] = xp.where(at, value[None], old)
+                    if c.slots[k] == 1:
+                        new[c.value_key(k)] = value[None]
+                    else:
+                        at = xp.reshape(xp.arange(c.slots[k]) == slot, (c.slots[k],) + (1,) * value.ndim)
+                        new[c.value_key(k)] = xp.where(at, value[None], new[c.value_key(k)])
                 new[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k] + slot, value.dtype)
             elif e.key not in self.elided:
                 new[e.key] = e.map.apply(xp, value, e.type.shape, data)
@@ -446,7 +454,7 @@ class CollapsedProgram(Program):
                         parts[at] = piece
                 d = xp.concatenate(parts, axis=0)
                 pairs.append((d, d))
-            if len(bases) == len(bases_a) and self.combines:  # one basis: the cached products
+            if len(bases) == len(bases_a):  # b's bases are a's: a's cached products
                 block = self._cached(xp, c, a)
             else:
                 block = lambda i, j: self._block(xp, c, joint_bases[i], joint_bases[j])  # noqa: E731
