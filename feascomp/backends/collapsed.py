@@ -267,7 +267,9 @@ class CollapsedProgram(Program):
                     else:
                         at = xp.reshape(xp.arange(g.shape[0]) == slot, (g.shape[0],) + (1,) * (g.ndim - 1))
                         g = xp.where(at, row[None], g)
-                if k >= j and not (k == j and g.shape[0] == 1):  # column ``slot`` of block (j, k)
+                # column ``slot`` of block (j, k); with one slot per port it is the row that
+                # j (written in this projection too, before k) or k itself already set
+                if k >= j and not (g.shape[0] == 1 and (k == j or j in ports)):
                     col = xp.einsum(f"Y{lj},{lk}->Y{c.out_labels(lj, lk)}", vj, new)
                     if g.shape[1] == 1:
                         g = col[:, None]
