@@ -437,7 +437,6 @@ class CollapsedProgram(Program):
                     at = len(bases) - 1
                 where.append(at)
             # joint coefficients: a's terms, then the terms of b's bases that a does not hold
-            extra = [i for i in range(len(bases_a), len(bases))]
             offsets, total = [], 0
             for v, _, _ in bases:
                 offsets.append(total)
@@ -446,14 +445,9 @@ class CollapsedProgram(Program):
             pairs = []
             for k in ports:
                 ca, cb = a[c.coef_key(k)], b[c.coef_key(k)]
-                parts = [ca[o : o + v.shape[0]] for v, _, o in bases_a]
-                parts += [None for _ in extra]
+                parts = [ca[o : o + v.shape[0]] for v, _, o in bases_a] + [0.0] * (len(bases) - len(bases_a))
                 for (vb, _, ob), at in zip(bases_b, where):
-                    piece = -cb[ob : ob + vb.shape[0]]
-                    if at < len(bases_a):
-                        parts[at] = parts[at] + piece
-                    else:
-                        parts[at] = piece
+                    parts[at] = parts[at] - cb[ob : ob + vb.shape[0]]
                 d = xp.concatenate(parts, axis=0)
                 pairs.append((d, d))
             if len(bases) == len(bases_a):  # b's bases are a's: a's cached products
