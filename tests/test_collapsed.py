@@ -200,3 +200,30 @@ def test_dot_linear_rule_at_ties(dtype, sign, z0):
     (a, b), z = dot.project((a0[None], b0[None]), np.array([z0], dtype), 1.0)
     d = lambda a, b, z: np.sum((a - a0) ** 2) + np.sum((b - b0) ** 2) + (z - z0) ** 2  # noqa: E731
     assert d(ac, bc, zc[0]) <= d(a[0], b[0], z[0]) + tol
+
+
+UNUSED = """model u
+input x : f64[6]
+param W0 : f64[6, 12] = normal
+param W1 : f64[8, 3] = normal
+z = x @ W0
+h = relu(slice(z, start = 0, stop = 8))
+output logits = h @ W1
+loss cross_entropy(logits)
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["ap", "dr"])
+def test_collapsed_dot_with_unused_outputs(algorithm):
+    """A collapsed dot some of whose nodes feed nothing (a slice of its output): those
+    nodes keep f(x) as their output's target, as in the materialized lowering."""
+    tensor = parse_model(UNUSED)
+    rng = np.random.default_rng(0)
+    params = {"W0": rng.normal(size=(6, 12)), "W1": rng.normal(size=(8, 3))}
+    x, y = rng.normal(size=(4, 6)), rng.integers(0, 3, 4)
+    pm, rm, _ = run(tensor, 4, "materialized", params, x, y, True, algorithm=algorithm)
+    pc, rc, s = run(tensor, 4, "collapsed", params, x, y, True, algorithm=algorithm)
+    assert "z" in s.program.collapsed and s.program.info["z"].has_unused
+    for k in pm:
+        np.testing.assert_allclose(pc[k], pm[k], rtol=1e-9, atol=1e-11, err_msg=k)
+    np.testing.assert_allclose(rc, rm, rtol=1e-8, atol=1e-10)
