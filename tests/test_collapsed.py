@@ -23,7 +23,7 @@ models = st.tuples(
 )
 
 
-ALGORITHMS = [("ap", {}), ("dr", {"relaxation": 0.8}), ("dm", {"beta": 0.7})]
+ALGORITHMS = [("ap", {}), ("dr", {"relaxation": 0.8}), ("dm", {})]  # DM with β ≠ 1: the examples test
 
 
 def run(tensor, batch, lowering, params, x, y, weighted, steps=3, pipeline=DEFAULT_PIPELINE, updates=1, algorithm="ap",

@@ -237,6 +237,12 @@ class CollapsedProgram(Program):
                     totals[p] = totals[p] + t
         return [xp.broadcast_to(t, c.node_shape) for t in totals]
 
+    def _node_block(self, xp, c: _Collapsed, g, li: str, lj: str):
+        """A per-node inner product over the labels both bases carry, broadcast to nodes."""
+        out = c.out_labels(li, lj)
+        shape = tuple(n if x in out else 1 for x, n in zip(c.node, c.node_shape))
+        return xp.broadcast_to(xp.reshape(g, shape), c.node_shape)
+
     def _cached(self, xp, c: _Collapsed, z: dict):
         """``block`` reading a state's cached inner products (e1 with itself is 1)."""
         one = len(c.edges)
@@ -374,17 +380,27 @@ class CollapsedProgram(Program):
         dtype = coefs[0].dtype
         bases = self._bases(xp, c, z, data, dtype)
         n = len(coefs)
-        pairs = [(coefs[k], coefs[k]) for k in range(n)] + [(coefs[i], coefs[j]) for i in range(n) for j in range(i + 1, n)]
-        gram = self._quadratic(xp, c, bases, pairs, self._cached(xp, c, z))
+        pairs = [(k, k) for k in range(n)] + [(i, j) for i in range(n) for j in range(i + 1, n)]
+        if self.combines:
+            gram = self._quadratic(xp, c, bases, [(coefs[i], coefs[j]) for i, j in pairs], self._cached(xp, c, z))
+        else:
+            # AP: the producers were projected last (or the forward pass initialised the
+            # edges), so each port is its producer's one value: the inner products are the
+            # cached blocks themselves
+            gram = [self._node_block(xp, c, z[c.gram_key(i, j)][0, 0], c.labels[i], c.labels[j]) for i, j in pairs]
         deg = self.degree(info, data)
         ybar = self._mean_out(xp, info, z, data, deg)
         if info.has_unused:
             ins = [self.materialize(xp, c, k, z, data) for k in range(n)]
             ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
         coef, y = info.prim.linear_rule(xp, info.prim.opts, tuple(gram), ybar, self._weight(xp, deg, ybar.dtype))
-        e1 = self._onehot(xp, c, c.terms - 1, dtype)
-        for k in range(n):
-            new[c.coef_key(k)] = sum(coef[k][j][None] * coefs[j] for j in range(n)) + coef[k][-1][None] * e1
+        if not self.combines:  # ports at their one-hot coefficients: the projection's own
+            for k in range(n):
+                new[c.coef_key(k)] = xp.stack([xp.broadcast_to(t, c.node_shape) for t in coef[k]])
+        else:
+            e1 = self._onehot(xp, c, c.terms - 1, dtype)
+            for k in range(n):
+                new[c.coef_key(k)] = sum(coef[k][j][None] * coefs[j] for j in range(n)) + coef[k][-1][None] * e1
         self._write_out(xp, info, y, new, data, write)
 
     # the algorithms' arithmetic ---------------------------------------------------------------
