@@ -28,8 +28,7 @@ class JaxBackend:
             data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
                 z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data)
-            combine = getattr(prog, "combine", None)
-            combine = (lambda fn, *zs: prog.combine(jnp, data, fn, *zs)) if combine else jax.tree_util.tree_map
+            combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
             distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
 
             def projector(i):
@@ -39,8 +38,7 @@ class JaxBackend:
 
                 def project(c, z):
                     m = calls[c] = calls.get(c, -1) + 1
-                    write = prog.write_slot(c, i, m) if hasattr(prog, "write_slot") else 0
-                    return prog.project(jnp, c, z, data, write)
+                    return prog.project(jnp, c, z, data, prog.write_slot(c, i, m))
 
                 return project
 

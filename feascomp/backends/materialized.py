@@ -143,6 +143,15 @@ class Program:
         size = itemsize or np.dtype(self.dtype).itemsize
         return sum(math.prod(e.type.shape) for e in self.plan.edges if e.key not in self.elided) * size
 
+    def combine(self, xp, data: dict, fn, *states) -> dict:
+        """``fn`` (linear) applied to states leaf by leaf (the algorithms' arithmetic)."""
+        return {k: fn(*(s[k] for s in states)) for k in states[0]}
+
+    def write_slot(self, c: int, step, call: int):
+        """Where a projection puts the values it writes: one place per edge here (the
+        collapsed lowering keeps several)."""
+        return 0
+
     def distance(self, xp, a: dict, b: dict, data: dict):
         """|a - b| over every stored edge (the algorithms' step residual)."""
         keys = [k for k in a if k in b]
