@@ -59,6 +59,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     report = {
         "algorithm": solver.algorithm.name,
         "backend": solver.backend.name,
+        "lowering": solver.lowering,
         "dataset": ds.name,
         "seed": seed,
         "updates": updates,

@@ -1,5 +1,7 @@
 """The collapsed lowering: the same iterates as the materialized lowering (AP, DR, DM), from
 producer values and per-node coefficients instead of stored edges."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -227,3 +229,19 @@ def test_collapsed_dot_with_unused_outputs(algorithm):
     for k in pm:
         np.testing.assert_allclose(pc[k], pm[k], rtol=1e-9, atol=1e-11, err_msg=k)
     np.testing.assert_allclose(rc, rm, rtol=1e-8, atol=1e-10)
+
+
+def test_cli_lowering_option(capsys):
+    """``feascomp train --lowering collapsed`` trains; with an option it cannot honour it
+    exits 2 naming what it needs, without a traceback."""
+    from feascomp.cli import main
+
+    code = main(["train", "examples/digits_mlp.fc", "--dataset", "digits", "--batch-size", "64", "--algorithm", "ap",
+                 "--steps-per-batch", "5", "--updates", "2", "--lowering", "collapsed", "--json", "--no-progress"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["lowering"] == "collapsed" and report["algorithm"] == "ap"
+    code = main(["train", "examples/digits_mlp.fc", "--dataset", "digits", "--algorithm", "cp", "--lowering", "collapsed",
+                 "--updates", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the collapsed lowering needs --algorithm ap, dr or dm" in err and "Traceback" not in err
