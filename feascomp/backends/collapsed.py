@@ -53,6 +53,48 @@ from ..ir.feasibility import BroadcastMap, Edge
 from .materialized import Program
 
 
+def _set_index(xp, arr, index, value, axis: int):
+    """``arr`` with entry ``index`` (an int or a traced scalar) of ``axis`` replaced by
+    ``value``: an in-place dynamic update under jit (a select over the whole array would be
+    a pass over every slot)."""
+    if xp is np:
+        out = arr.copy()
+        out[(slice(None),) * axis + (index,)] = value
+        return out
+    from jax import lax
+
+    return lax.dynamic_update_index_in_dim(arr, xp.asarray(value, arr.dtype), index, axis)
+
+
+class _State(dict):
+    """A state (edges, slot values, coefficients, cached products) that knows which
+    projections of the current step wrote into it (``written``: tokens, at trace time). In a
+    chain of states the one whose ``written`` contains every other's holds every slot the
+    others hold, so combining reads its slots instead of merging them. A JAX pytree whose
+    structure is its keys only: across ``lax.scan``'s carry ``written`` starts empty."""
+
+    def __init__(self, items=(), written: frozenset = frozenset()):
+        super().__init__(items)
+        self.written = written
+
+
+def _flatten_state(s: _State):
+    keys = tuple(sorted(s))
+    return tuple(s[k] for k in keys), keys
+
+
+def _unflatten_state(keys, values) -> _State:
+    return _State(zip(keys, values))
+
+
+try:
+    import jax
+
+    jax.tree_util.register_pytree_node(_State, _flatten_state, _unflatten_state)
+except ImportError:  # pragma: no cover - the collapsed lowering runs under the jax backend
+    pass
+
+
 @dataclasses.dataclass
 class _Collapsed:
     name: str
@@ -271,20 +313,12 @@ class CollapsedProgram(Program):
                 g = z[key]
                 if k <= j:  # row ``slot`` of block (k, j)
                     row = xp.einsum(f"{lk},Z{lj}->Z{c.out_labels(lk, lj)}", new, vj)
-                    if g.shape[0] == 1:
-                        g = row[None]
-                    else:
-                        at = xp.reshape(xp.arange(g.shape[0]) == slot, (g.shape[0],) + (1,) * (g.ndim - 1))
-                        g = xp.where(at, row[None], g)
+                    g = row[None] if g.shape[0] == 1 else _set_index(xp, g, slot, row, 0)
                 # column ``slot`` of block (j, k); with one slot per port it is the row that
                 # j (written in this projection too, before k) or k itself already set
                 if k >= j and not (g.shape[0] == 1 and (k == j or j in ports)):
                     col = xp.einsum(f"Y{lj},{lk}->Y{c.out_labels(lj, lk)}", vj, new)
-                    if g.shape[1] == 1:
-                        g = col[:, None]
-                    else:
-                        at = xp.reshape(xp.arange(g.shape[1]) == slot, (1, g.shape[1]) + (1,) * (g.ndim - 2))
-                        g = xp.where(at, col[:, None], g)
+                    g = col[:, None] if g.shape[1] == 1 else _set_index(xp, g, slot, col, 1)
                 z[key] = g
 
     def materialize(self, xp, c: _Collapsed, k: int, z: dict, data: dict):
@@ -306,7 +340,7 @@ class CollapsedProgram(Program):
                     z[c.value_key(k)] = xp.concatenate([v[None], xp.zeros((c.slots[k] - 1,) + v.shape, v.dtype)])
                 z[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k], v.dtype)
             self._all_blocks(xp, c, z, data)
-        return z
+        return _State(z) if self.combines else z
 
     def _all_blocks(self, xp, c: _Collapsed, z: dict, data: dict):
         bases = self._bases(xp, c, z, data, z[c.coef_key(0)].dtype)
@@ -356,11 +390,16 @@ class CollapsedProgram(Program):
                     if c.slots[k] == 1:
                         new[c.value_key(k)] = value[None]
                     else:
-                        at = xp.reshape(xp.arange(c.slots[k]) == slot, (c.slots[k],) + (1,) * value.ndim)
-                        new[c.value_key(k)] = xp.where(at, value[None], new[c.value_key(k)])
+                        new[c.value_key(k)] = _set_index(xp, new[c.value_key(k)], slot, value, 0)
                 new[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k] + slot, value.dtype)
             elif e.key not in self.elided:
                 new[e.key] = e.map.apply(xp, value, e.type.shape, data)
+
+    def project(self, xp, c: int, z: dict, data: dict, write=0) -> dict:
+        new = super().project(xp, c, z, data, write)
+        if not self.combines:
+            return new
+        return _State(new, getattr(z, "written", frozenset()) | {object()})
 
     def project_families(self, xp, names, z: dict, data: dict, write=0) -> dict:
         rest = [n for n in names if n not in self.collapsed]
@@ -410,10 +449,17 @@ class CollapsedProgram(Program):
     def combine(self, xp, data, fn, *states):
         """``fn`` (linear) applied to the states: to edges and coefficients leaf by leaf; slot
         values merge (each slot is written once, and is 0 in a state that does not hold it)."""
-        out = {}
+        written = [getattr(s, "written", frozenset()) for s in states]
+        union = frozenset().union(*written)
+        # along a chain one state holds every slot the others hold: its slots are the merge
+        latest = next((s for s, w in zip(states, written) if w == union), None)
+        out = _State(written=union)
         for key in states[0]:
             leaves = [s[key] for s in states]
             if key in self.value_keys or key in self.gram_keys:
+                if latest is not None:
+                    out[key] = latest[key]
+                    continue
                 merged = leaves[0]
                 for other in leaves[1:]:
                     merged = xp.where(merged == 0, other, merged)
