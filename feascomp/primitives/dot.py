@@ -143,8 +143,42 @@ def _coefficients(xp, A2, B2, z0, w, dtype):
     return ka, kb, z
 
 
+def _kernel_applies(xp, opts, a0, b0, z0, w) -> bool:
+    """Whether the fused native kernel (feascomp/kernels) computes this projection: under
+    JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it off), float32 or
+    float64, and the kernel built on this machine."""
+    if xp is np or opts.get("kernel", "auto") != "auto":
+        return False
+    if str(a0.dtype) not in ("float32", "float64") or a0.size == 0 or a0.ndim < 1:
+        return False
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False
+    from .. import kernels
+
+    return kernels.load("dot_project")
+
+
+def _project_kernel(xp, a0, b0, z0, w):
+    from .. import kernels
+
+    shape = xp.broadcast_shapes(a0.shape[:-1], b0.shape[:-1], xp.shape(z0), xp.shape(w))
+    n = a0.shape[-1]
+    count = math.prod(shape)
+    a0 = xp.reshape(xp.broadcast_to(a0, shape + (n,)), (count, n))
+    b0 = xp.reshape(xp.broadcast_to(b0, shape + (n,)), (count, n))
+    z0 = xp.reshape(xp.broadcast_to(z0, shape), (count,))
+    w = xp.reshape(xp.broadcast_to(w, shape), (count,))  # per node (under vmap a scalar would not stay one)
+    a, b, z = kernels.dot_project(a0, b0, z0, w.astype(a0.dtype))
+    return (xp.reshape(a, shape + (n,)), xp.reshape(b, shape + (n,))), xp.reshape(z, shape)
+
+
 def project_dot(xp, opts, inputs, z0, w):
     a0, b0 = inputs
+    if _kernel_applies(xp, opts, a0, b0, z0, w):
+        # the same arithmetic as below in one pass over cache-sized blocks of rows
+        return _project_kernel(xp, a0, b0, z0, w)
     dtype = a0.dtype
     # The reductions and the output are each one pass over a0, b0: the output is written
     # as a = ks (a0 + b0) + kd (a0 - b0) + ke e1 with per-node scalars, so no n-long
@@ -199,5 +233,6 @@ dot = register(
         doc="z = <a, b>",
         zero_padding=True,
         linear_rule=linear_dot,
+        defaults={"kernel": "auto"},
     )
 )

@@ -1,0 +1,130 @@
+"""Native kernels: XLA FFI custom calls for CPU, compiled from C++ on first use.
+
+One kernel so far, the fused dot projection (``dot_project.cc``): what XLA on CPU cannot
+fuse (two outputs written in one pass, reductions that read their producers), done in one
+pass over cache-sized blocks of rows. The C++ mirrors ``feascomp/primitives/dot.py``,
+which stays the reference (and the fallback): tests/test_kernels.py checks them against
+each other.
+
+Build: the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against
+the XLA FFI headers that jaxlib ships, into a cache folder (``$FEASCOMP_CACHE`` or
+``~/.cache/feascomp``; the file name carries a hash of the source, the compiler, the flags,
+jaxlib's version and the CPU's feature flags, since it is built with ``-march=native``). It
+is written to a temporary name and renamed, so a concurrent or interrupted build never
+leaves a partial library. Where no compiler works, :func:`load` returns None with the
+reason in :func:`status`, and callers use the XLA implementation.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCES = {"dot_project": Path(__file__).with_name("dot_project.cc")}
+TARGETS = {"dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"}}
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+
+_lock = threading.Lock()
+_loaded: dict[str, bool] = {}
+_status: dict[str, str] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FEASCOMP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "feascomp")
+    return Path(root) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX") or "g++"
+    return shutil.which(cxx)
+
+
+def _library_path(name: str, cxx: str) -> Path:
+    import jax
+    import jaxlib
+
+    h = hashlib.sha256()
+    for part in (SOURCES[name].read_bytes(), cxx.encode(), " ".join(FLAGS).encode(),
+                 jaxlib.__version__.encode(), jax.ffi.include_dir().encode(), _cpu_flags().encode(),
+                 platform.machine().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return cache_dir() / f"{name}-{h.hexdigest()[:16]}.so"
+
+
+def _build(name: str, cxx: str, out: Path) -> None:
+    import jax
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCES[name]), "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)  # atomic: readers see the old name absent or the whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(name: str = "dot_project") -> bool:
+    """Build (once per machine) and register kernel ``name`` with XLA; False if it cannot be
+    built here (the reason is in :func:`status`)."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        ok = False
+        try:
+            import jax
+
+            cxx = _compiler()
+            if cxx is None:
+                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+            path = _library_path(name, cxx)
+            if not path.exists():
+                _build(name, cxx, path)
+            lib = ctypes.cdll.LoadLibrary(str(path))
+            for target in TARGETS[name].values():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+            ok = True
+            _status[name] = f"built: {path}"
+        except Exception as exc:  # any failure leaves the XLA implementation in use
+            _status[name] = f"unavailable: {exc}"
+        _loaded[name] = ok
+        return ok
+
+
+def status(name: str = "dot_project") -> str:
+    """How kernel ``name`` stands: not yet loaded, built (where), or unavailable (why)."""
+    return _status.get(name, "not loaded")
+
+
+def dot_project(a0, b0, z0, w):
+    """The fused dot projection of rows: a0, b0 [N, n], z0 [N], w [N] (jax arrays of one
+    float dtype); returns (a, b, z). Call :func:`load` first."""
+    import jax
+
+    dtype = a0.dtype
+    target = TARGETS["dot_project"][str(dtype)]
+    out = (jax.ShapeDtypeStruct(a0.shape, dtype), jax.ShapeDtypeStruct(a0.shape, dtype),
+           jax.ShapeDtypeStruct(z0.shape, dtype))
+    return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a0, b0, z0, w)
