@@ -278,9 +278,22 @@ def test_max_is_sort_based_not_quadratic():
     assert all(512 * 512 > np.prod(s) * 4 for s in shapes if s)  # no n x n intermediate
 
 
+class _JaxDot:
+    """dot projected on JAX arrays (the native kernel where it is built), results as NumPy."""
+
+    def project(self, ins, z0):
+        import jax
+        import jax.numpy as jnp
+
+        with jax.enable_x64(ins[0].dtype == np.float64):
+            (a, b), z = P.get("dot").project(tuple(jnp.asarray(x) for x in ins), jnp.asarray(z0))
+            return (np.asarray(a), np.asarray(b)), np.asarray(z)
+
+
+@pytest.mark.parametrize("arrays", ["numpy", "jax"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dot_degenerate_and_extreme_inputs(dtype):
-    dot = P.get("dot")
+def test_dot_degenerate_and_extreme_inputs(dtype, arrays):
+    dot = P.get("dot") if arrays == "numpy" else _JaxDot()
     # a0 = b0 = 0, z0 = 2: the origin (distance^2 4) is not nearest; a = b = e1, z = 1 (distance^2 3)
     (a, b), z = dot.project((np.zeros((1, 3), dtype), np.zeros((1, 3), dtype)), np.array([2.0], dtype))
     assert dist2(np.concatenate([a[0], b[0]]), 0, z[0], 2.0, 1.0) == pytest.approx(3.0, rel=1e-5)

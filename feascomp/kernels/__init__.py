@@ -11,7 +11,7 @@ the XLA FFI headers that jaxlib ships, into a cache folder (``$FEASCOMP_CACHE`` 
 ``~/.cache/feascomp``; the file name carries a hash of the source, the compiler, the flags,
 jaxlib's version and the CPU's feature flags, since it is built with ``-march=native``). It
 is written to a temporary name and renamed, so a concurrent or interrupted build never
-leaves a partial library. Where no compiler works, :func:`load` returns None with the
+leaves a partial library. Where no compiler works, :func:`load` returns False with the
 reason in :func:`status`, and callers use the XLA implementation.
 """
 from __future__ import annotations

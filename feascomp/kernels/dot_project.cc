@@ -9,7 +9,8 @@
 // once and each output written once (XLA writes a and b in two loop fusions that each read
 // both inputs, after reductions that read materialized a0 + b0 and a0 - b0).
 //
-// Inputs: a0, b0 [..., n]; z0, w [...] (w: per-node weight). Outputs: a, b [..., n]; z [...]. Rows are split over threads.
+// Inputs: a0, b0 [..., n]; z0, w [...] (w: per-node weight). Outputs: a, b [..., n]; z [...].
+// Rows are split over threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -206,22 +207,17 @@ ffi::Error project(ffi::Buffer<D> a0, ffi::Buffer<D> b0, ffi::Buffer<D> z0, ffi:
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(feascomp_dot_project_f32, (project<float, ffi::F32>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// One handler per dtype: four [.., n] / [..] arguments, three results.
+#define FEASCOMP_DOT_PROJECT_HANDLER(symbol, T, D)                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (project<T, D>),                                                 \
+                                ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(feascomp_dot_project_f64, (project<double, ffi::F64>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F64>>()
-                                  .Arg<ffi::Buffer<ffi::F64>>()
-                                  .Arg<ffi::Buffer<ffi::F64>>()
-                                  .Arg<ffi::Buffer<ffi::F64>>()
-                                  .Ret<ffi::Buffer<ffi::F64>>()
-                                  .Ret<ffi::Buffer<ffi::F64>>()
-                                  .Ret<ffi::Buffer<ffi::F64>>());
+FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f32, float, ffi::F32)
+FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f64, double, ffi::F64)

@@ -143,11 +143,24 @@ def _coefficients(xp, A2, B2, z0, w, dtype):
     return ka, kb, z
 
 
+KERNEL_CHOICES = ("auto", "xla")
+
+
+def check_kernel_option(opts) -> str | None:
+    """The ``kernel`` option's error text, or None (dot and mul take it)."""
+    if opts.get("kernel", "auto") not in KERNEL_CHOICES:
+        return f"kernel must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {opts['kernel']!r}"
+    return None
+
+
 def _kernel_applies(xp, opts, a0, b0, z0, w) -> bool:
     """Whether the fused native kernel (feascomp/kernels) computes this projection: under
     JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it off), float32 or
     float64, and the kernel built on this machine."""
-    if xp is np or opts.get("kernel", "auto") != "auto":
+    error = check_kernel_option(opts)
+    if error:
+        raise ValueError(error)
+    if xp is np or opts["kernel"] != "auto":
         return False
     if str(a0.dtype) not in ("float32", "float64") or a0.size == 0 or a0.ndim < 1:
         return False
@@ -220,7 +233,7 @@ def linear_dot(xp, opts, gram, z0, w):
 def _same_length(lengths, opts):
     if lengths.get("a") != lengths.get("b"):
         return f"dot needs equal port lengths, got a[{lengths.get('a')}] and b[{lengths.get('b')}]"
-    return None
+    return check_kernel_option(opts)
 
 
 dot = register(

@@ -17,7 +17,7 @@ import math
 
 from . import register
 from .base import Port, Primitive
-from .dot import project_dot
+from .dot import check_kernel_option, project_dot
 
 
 def _levels(opts):
@@ -131,5 +131,6 @@ quantize = _scalar("quantize", "x", forward_quantize, project_quantize,
                    defaults={"levels": 4, "scale": 1.0}, check=_check_quantize)
 sign = _scalar("sign", "x", lambda xp, o, x: xp.where(x >= 0, 1, -1).astype(x.dtype), project_sign,
                "y = +1 if x >= 0 else -1 (sign(0) = +1)")
-mul = _scalar("mul", ("a", "b"), lambda xp, o, a, b: a * b, project_mul, "z = a b", defaults={"kernel": "auto"})
+mul = _scalar("mul", ("a", "b"), lambda xp, o, a, b: a * b, project_mul, "z = a b", defaults={"kernel": "auto"},
+              check=lambda lengths, opts: check_kernel_option(opts))
 square = _scalar("square", "x", lambda xp, o, x: x * x, project_square, "y = x^2")
