@@ -47,6 +47,7 @@ import dataclasses
 import math
 import string
 
+import jax
 import numpy as np
 
 from ..ir.feasibility import BroadcastMap, Edge
@@ -87,12 +88,7 @@ def _unflatten_state(keys, values) -> _State:
     return _State(zip(keys, values))
 
 
-try:
-    import jax
-
-    jax.tree_util.register_pytree_node(_State, _flatten_state, _unflatten_state)
-except ImportError:  # pragma: no cover - the collapsed lowering runs under the jax backend
-    pass
+jax.tree_util.register_pytree_node(_State, _flatten_state, _unflatten_state)
 
 
 @dataclasses.dataclass
@@ -447,8 +443,10 @@ class CollapsedProgram(Program):
 
     # the algorithms' arithmetic ---------------------------------------------------------------
     def combine(self, xp, data, fn, *states):
-        """``fn`` (linear) applied to the states: to edges and coefficients leaf by leaf; slot
-        values merge (each slot is written once, and is 0 in a state that does not hold it)."""
+        """``fn`` (linear) applied to the states: to edges and coefficients leaf by leaf. Slot
+        values and cached products are taken from the state that holds every slot the others
+        hold (a chain: DR, DM with β = 1); otherwise they merge (each slot is written once,
+        and is 0 in a state that does not hold it)."""
         written = [getattr(s, "written", frozenset()) for s in states]
         union = frozenset().union(*written)
         # along a chain one state holds every slot the others hold: its slots are the merge
