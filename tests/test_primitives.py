@@ -399,3 +399,18 @@ def test_dot_root_solve_in_blocks_equals_one_solve(dtype, weighted):
         whole = np.asarray(jax.jit(lambda *a: D._solve(jnp, *a))(*args))
     np.testing.assert_array_equal(blocked, whole)
     assert np.all(np.abs(blocked) <= 1) and np.all(np.isfinite(blocked))
+
+
+@pytest.mark.parametrize("arrays", ["numpy", "jax"])
+def test_dot_feasible_points_with_a_zero_rotated_norm_stay_put(arrays):
+    """On-graph points with a = -b or a = b (|u| or |v| zero): the projection returns them to
+    rounding, not to sqrt(eps) (the constraint form |u|² = 2z + |v|² cancels there)."""
+    dot = P.get("dot") if arrays == "numpy" else _JaxDot()
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(40, 5))
+    b = np.concatenate([-a[:20], a[20:]])
+    z = np.sum(a * b, -1)
+    (pa, pb), pz = dot.project((a, b), z)
+    scale = 1 + np.abs(a).max()
+    assert np.max(np.abs(pa - a)) < 1e-13 * scale and np.max(np.abs(pb - b)) < 1e-13 * scale
+    assert np.max(np.abs(pz - z)) < 1e-13 * scale**2

@@ -19,9 +19,12 @@ the direction: we take u along u0 if A > 0, else along v0, else along the first 
 (the choice documented in docs/primitives.md). E.g. a0 = b0 = 0, z0 = 2: the nearest
 points are a = b = e1, z = 1, at distance² 3; the origin is at distance² 4.
 
-Conditioning near |λ| = 1: for λ >= 0 we take |v| = B/(1+λ) (well conditioned) and |u|
-from the constraint |u|² = 2z + |v|²; for λ < 0 the mirror image. Then <a, b> = z holds
-to rounding whatever the accuracy of λ.
+Conditioning near |λ| = 1: for λ > 1/2 we take |v| = B/(1+λ) (well conditioned) and |u|
+from the constraint |u|² = 2z + |v|²; for λ < -1/2 the mirror image. Then <a, b> = z holds
+to rounding whatever the accuracy of λ. For |λ| <= 1/2 both norms come from the direct
+formulas |u| = A/(1-λ), |v| = B/(1+λ), which are well conditioned there; the constraint form
+would lose half the digits of a norm near 0 (|u|² = 2z + |v|² cancels: a feasible point with
+a = -b would move by sqrt(eps)), and Newton has already made <a, b> - z = f(λ) rounding-small.
 """
 from __future__ import annotations
 
@@ -122,10 +125,13 @@ def _coefficients(xp, A2, B2, z0, w, dtype):
     A = xp.sqrt(A2)
     B = xp.sqrt(B2)
     pos = lam >= 0
+    mid = xp.abs(lam) <= 0.5  # both direct formulas well conditioned
     nu_pos = xp.where(pos, B / (1 + lam), 0)
     nu_neg_base = A / xp.maximum(1 - lam, 1)  # only used where lam < 0, where 1 - lam > 1
-    nu_u = xp.where(pos, xp.sqrt(xp.maximum(2 * z + nu_pos**2, 0)), nu_neg_base)
-    nu_v = xp.where(pos, nu_pos, xp.sqrt(xp.maximum(nu_neg_base**2 - 2 * z, 0)))
+    nu_u_mid = A / xp.maximum(1 - lam, 0.5)
+    nu_v_mid = B / xp.maximum(1 + lam, 0.5)
+    nu_u = xp.where(pos, xp.where(mid, nu_u_mid, xp.sqrt(xp.maximum(2 * z + nu_pos**2, 0))), nu_neg_base)
+    nu_v = xp.where(pos, nu_pos, xp.where(mid, nu_v_mid, xp.sqrt(xp.maximum(nu_neg_base**2 - 2 * z, 0))))
     # u = nu_u * (unit U), v = nu_v * (unit V); U = a0 + b0 (if A > 0) else a0 - b0 (if B > 0)
     # else e1; V = a0 - b0 (if B > 0) else a0 + b0 (if A > 0) else e1. a = (u + v)/√2,
     # b = (u - v)/√2, and |a0 ± b0| = √2 A (resp. √2 B).
