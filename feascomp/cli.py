@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
     t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
     t.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized",
-                   help="materialized: every edge stored (the paper); collapsed: AP only, dense layers "
+                   help="materialized: every edge stored (the paper); collapsed: AP, DR or DM, dense layers "
                         "keep values and per-node coefficients instead of their edges")
+    t.add_argument("--no-fuse-kernels", action="store_true",
+                   help="keep XLA's code for DR's dense layers instead of the native fused step (same iterates)")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
     t.add_argument("--json", action="store_true", help="end with one JSON line of results")
@@ -126,7 +128,7 @@ def _train(args) -> int:
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
-                   lowering=args.lowering)
+                   lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 

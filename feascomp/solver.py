@@ -70,6 +70,7 @@ def compile(  # noqa: A001  (the public name users expect)
     monitor: bool = False,
     elide_inputs: bool = True,
     lowering: str = "materialized",
+    fuse_kernels: bool = True,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -82,7 +83,10 @@ def compile(  # noqa: A001  (the public name users expect)
     the step residual then measured over the stored edges (backends/materialized.py);
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
     (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
-    inputs' values and per-node coefficients instead of their edges; backends/collapsed.py).
+    inputs' values and per-node coefficients instead of their edges; backends/collapsed.py);
+    ``fuse_kernels``: under DR with the materialized lowering on the jax backend, run each
+    dense layer's step on its input edges in one native kernel (feascomp/kernels) where it
+    builds -- the same iterates, several times faster; False keeps XLA's code throughout.
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -125,7 +129,8 @@ def compile(  # noqa: A001  (the public name users expect)
     if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
         raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
     solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering)
+                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
+                    fuse_kernels=fuse_kernels)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
     return solver
@@ -136,7 +141,7 @@ LOWERINGS = ("materialized", "collapsed")
 
 class Solver:
     def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
-                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized"):
+                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized", fuse_kernels=True):
         from . import backends
         from .backends.collapsed import CollapsedProgram
         from .backends.materialized import Program
@@ -165,7 +170,10 @@ class Solver:
                 raise FeascompError("the collapsed lowering needs " + ", ".join(why))
         self.lowering = lowering
         program = CollapsedProgram if lowering == "collapsed" else Program
-        extra = dict(algorithm=algorithm, steps=steps) if lowering == "collapsed" else {}
+        if lowering == "collapsed":
+            extra = dict(algorithm=algorithm, steps=steps)
+        else:
+            extra = dict(fuse_dr=fuse_kernels and algorithm.name == "dr" and backend == "jax")
         self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
                                elide_inputs=self.elide_inputs, **extra)
         if not algorithm.uses_layers and len(self.program.colours) != 2:

@@ -42,8 +42,13 @@ class JaxBackend:
 
                 return project
 
+            fused = prog.fused_step(alg)
+
             def body(z, i):
-                z, r = alg.step(jnp, projector(i), z, distance, combine)
+                if fused is not None:
+                    z, r = fused(jnp, z, data)
+                else:
+                    z, r = alg.step(jnp, projector(i), z, distance, combine)
                 out = {"step": r}
                 if monitor:
                     out["family"] = prog.family_distances(jnp, alg.shadow(projector(i), z, combine), data)

@@ -39,10 +39,25 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.feasibility import Edge, Family, FeasModule
+from ..ir.feasibility import BroadcastMap, Edge, Family, FeasModule
 from ..primitives import get
 
 DEGREE = "__degree__:"  # data key of a family's out-degree counted per batch (with_degrees)
+SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
+FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: results do not depend on threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fused:
+    """A dense dot family whose DR step runs in the native kernel: nodes [N, m], ports of
+    length n; ``rows`` is its a-edge, copying a [N, n] source along m, ``cols`` its b-edge,
+    copying a [n, m] source along N; ``first``: of the first colour (DR reflects through its
+    own projection; two kernel passes) rather than the second (one pass)."""
+
+    name: str
+    rows: Edge
+    cols: Edge
+    first: bool
 
 
 @dataclasses.dataclass
@@ -67,7 +82,7 @@ class _FamilyInfo:
 
 class Program:
     def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None, schedule: str = "colours",
-                 elide_inputs: bool = False):
+                 elide_inputs: bool = False, fuse_dr: bool = False):
         self.plan = plan
         self.weighted = weighted
         self.info: dict[str, _FamilyInfo] = {}
@@ -113,6 +128,42 @@ class Program:
         if self.elided and len(self.classes) != 2:
             raise ValueError("input edges can be elided only under a two-colour schedule (AP)")
         self.dtype = next((f.type.np_dtype for f in plan.families if f.type.dtype != "i32"), np.dtype(np.float32))
+        # dense dot families whose DR step runs in the native kernel (dr_step)
+        self.fused: dict[str, _Fused] = self._fusable() if fuse_dr and schedule == "colours" and not self.elided else {}
+        self.fused_edges = {e.key for f in self.fused.values() for e in (f.rows, f.cols)}
+        # edges whose producer reads their sum (not a const's): carried in the state (SUM keys)
+        # (second colour only: the first colour's producers read the reflected edges' sums,
+        # which the kernel's first pass returns)
+        self.summed = [e for f in self.fused.values() if not f.first for e in (f.rows, f.cols)
+                       if self.info[e.src].family.kind != "const"]
+
+    def _fusable(self) -> dict[str, _Fused]:
+        """The families ``dr_step`` gives to the native kernel: dots, float32 or float64, with
+        nodes [N, m], each port one edge, port a's a copy of a [N, n] source along m and port
+        b's of a [n, m] source along N (a dense layer's x @ W), every node with an outgoing
+        edge, option ``kernel="auto"``; and only where the kernel builds on this machine."""
+        if len(self.classes) != 2:
+            return {}
+        found = {}
+        for name in self.classes[0] + self.classes[1]:
+            info = self.info[name]
+            f = info.family
+            if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) != 2:
+                continue
+            if f.type.dtype not in ("f32", "f64") or not info.out or info.has_unused:
+                continue
+            edges = [es[0] if len(es) == 1 else None for _, _, es in info.in_ports]
+            if None in edges or any(n < 1 for _, n, _ in info.in_ports):
+                continue
+            kinds = [e.map.src_axes if isinstance(e.map, BroadcastMap) else None for e in edges]
+            if kinds == [(0, 2), (2, 1)]:
+                found[name] = _Fused(name, edges[0], edges[1], first=name in self.classes[0])
+        if found:
+            from .. import kernels
+
+            if not kernels.load("dot_project"):
+                return {}
+        return found
 
     @staticmethod
     def _degree(f: Family, out: list[Edge]):
@@ -151,8 +202,9 @@ class Program:
         return sum(math.prod(e.type.shape) for e in self.plan.edges if e.key not in self.elided) * size
 
     def combine(self, xp, data: dict, fn, *states) -> dict:
-        """``fn`` (linear) applied to states leaf by leaf (the algorithms' arithmetic)."""
-        return {k: fn(*(s[k] for s in states)) for k in states[0]}
+        """``fn`` (linear) applied to states leaf by leaf (the algorithms' arithmetic); a
+        carried sum (SUM keys) only where every state has it."""
+        return {k: fn(*(s[k] for s in states)) for k in states[0] if all(k in s for s in states[1:])}
 
     def write_slot(self, c: int, step, call: int):
         """Where a projection puts the values it writes: one place per edge here (the
@@ -161,7 +213,7 @@ class Program:
 
     def distance(self, xp, a: dict, b: dict, data: dict):
         """|a - b| over every stored edge (the algorithms' step residual)."""
-        keys = [k for k in a if k in b]
+        keys = [k for k in a if k in b and not k.startswith(SUM)]
         return xp.sqrt(sum((xp.sum((a[k] - b[k]) ** 2) for k in keys), xp.zeros((), self.dtype)))
 
     # forward -----------------------------------------------------------------------------
@@ -182,7 +234,14 @@ class Program:
         return vals
 
     def init_edges(self, xp, vals: dict, data: dict) -> dict:
-        return {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data) for e in self.plan.edges if e.key not in self.elided}
+        """The edges of a forward pass (every edge a copy of its producer's value), plus the
+        sums the fused DR step carries: for a broadcast, the value times its copies (not a
+        reduction over the materialized edges)."""
+        z = {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data) for e in self.plan.edges if e.key not in self.elided}
+        for e in self.summed:
+            copies = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.src_axes)
+            z[SUM + e.key] = vals[e.src] * xp.asarray(copies, vals[e.src].dtype)
+        return z
 
     def _edge(self, xp, e: Edge, z: dict, data: dict):
         """An edge's value: stored, or (an elided input edge) the input's map."""
@@ -206,7 +265,10 @@ class Program:
         return total
 
     def _transpose_edge(self, xp, e: Edge, z: dict, data: dict):
-        """map_e^T of edge e's values: its contribution to its producer's sum."""
+        """map_e^T of edge e's values: its contribution to its producer's sum (carried in the
+        state by the fused DR step for its edges)."""
+        if SUM + e.key in z:
+            return z[SUM + e.key]
         return e.map.transpose(xp, z[e.key], self.info[e.src].family.type.shape, data)
 
     def with_degrees(self, xp, data: dict) -> dict:
@@ -273,7 +335,96 @@ class Program:
                 for (_, n, es), x in zip(info.in_ports, new_ins):
                     self._scatter(xp, es, n, x, new)
                 self._write_out(xp, info, y, new, data, write)
+        for k in [k for k in new if k.startswith(SUM)]:  # a sum of edges just written is stale
+            edge = k[len(SUM):]
+            if edge in new and new[edge] is not z.get(edge):
+                del new[k]
         return new
+
+    # the fused DR step -------------------------------------------------------------------
+    def fused_step(self, algorithm):
+        """A whole step for ``algorithm`` where this lowering has one (DR with fused dot
+        families: ``dr_step``), else None (the algorithm's own step over ``project``)."""
+        if self.fused and algorithm.name == "dr":
+            return lambda xp, z, data: self.dr_step(xp, z, data, algorithm.relaxation)
+        return None
+
+    def dr_step(self, xp, z: dict, data: dict, relaxation: float):
+        """One DR step, z + 2r (P1(2 P0 z - z) - P0 z), with each fused dot family's input
+        edges done by the native kernel instead of XLA's passes; the rest of the plan as in
+        the algorithm. Same iterates as algorithms.DouglasRachford.step
+        (tests/test_fused.py).
+
+        A family of the second colour takes one pass (read once, written once, in place):
+        its edges' P0 values are copies of its producers' projected values. The kernel also
+        returns its new edges' sums, which the state carries (SUM keys) so that the next P0
+        -- a parameter's consensus, a function's mean of its copies -- does not read the
+        edges again. A family of the first colour takes two: its own projection with the
+        reflected edges' sums (which its producers' P1 reads), then the update once P1 is
+        known."""
+        from .. import kernels
+
+        r = relaxation
+        first = [f for f in self.fused.values() if f.first]
+        second = [f for f in self.fused.values() if not f.first]
+        p0 = self.project_families(xp, [n for n in self.classes[0] if n not in self.fused], z, data)
+        q = {}
+        passes = {}
+        for f in first:
+            info = self.info[f.name]
+            N, m = info.family.type.shape
+            ybar, w = self._fused_output(xp, info, z, data)
+            y, coef, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS))
+            passes[f.name] = coef
+            self._write_out(xp, info, y, p0, data)
+            q[SUM + f.rows.key] = sa  # the reflected edges' sums, for their producers' P1
+            q[SUM + f.cols.key] = self._group_sum(xp, sb)
+        q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in self.fused_edges})
+        p1 = self.project_families(xp, [n for n in self.classes[1] if n not in self.fused], q, data)
+        new: dict = {}
+        moved = xp.zeros((), self.dtype)
+        for f in second:
+            info = self.info[f.name]
+            N, m = info.family.type.shape
+            pa = p0[f.rows.key][:, 0, :]  # the [N, n] source of the edges copied along m
+            pb = p0[f.cols.key][0]  # the transposed [n, m] source: [m, n]
+            ybar, w = self._fused_output(xp, info, q, data)
+            za, zb, y, res, sa, sb = kernels.dot_dr_step(z[f.rows.key], z[f.cols.key], pa, pb, ybar, w, r,
+                                                         min(N, FUSED_GROUPS))
+            new[f.rows.key], new[f.cols.key] = za, zb
+            if SUM + f.rows.key in z:
+                new[SUM + f.rows.key] = sa
+            if SUM + f.cols.key in z:
+                new[SUM + f.cols.key] = self._group_sum(xp, sb)
+            moved = moved + xp.sum(res)
+            self._write_out(xp, info, y, p1, data)
+        for f in first:
+            va = p1[f.rows.key][:, 0, :]
+            vb = p1[f.cols.key][0]
+            za, zb, res = kernels.dot_dr_update(z[f.rows.key], z[f.cols.key], passes[f.name], va, vb, r)
+            new[f.rows.key], new[f.cols.key] = za, zb
+            moved = moved + xp.sum(res)
+        for k in q:
+            if not k.startswith(SUM):
+                d = p1[k] - p0[k]
+                new[k] = z[k] + 2 * r * d
+                moved = moved + xp.sum(d**2)
+        return {k: new[k] for k in z}, xp.sqrt(moved)
+
+    @staticmethod
+    def _group_sum(xp, sb):
+        """The kernel's per-group sums [G, m, n] as the producer's sum [n, m] (the group axis
+        summed as a contraction: XLA on CPU reduces short leading axes slowly)."""
+        from ..ir.feasibility import sum_axes
+
+        return xp.transpose(sum_axes(xp, sb, (0,)))
+
+    def _fused_output(self, xp, info, z: dict, data: dict):
+        """A fused family's projection arguments besides its inputs: the mean of its
+        outgoing edges in state z and its weight, per node."""
+        deg = self.degree(info, data)
+        ybar = self._mean_out(xp, info, z, data, deg)
+        return ybar, xp.broadcast_to(xp.asarray(self._weight(xp, deg, ybar.dtype), ybar.dtype), ybar.shape)
 
     def _read(self, xp, info, z: dict, data: dict):
         """A function family's projection arguments: its inputs per port, the mean of its

@@ -1,8 +1,9 @@
 """Native kernels: XLA FFI custom calls for CPU, compiled from C++ on first use.
 
-One kernel so far, the fused dot projection (``dot_project.cc``): what XLA on CPU cannot
-fuse (two outputs written in one pass, reductions that read their producers), done in one
-pass over cache-sized blocks of rows. The C++ mirrors ``feascomp/primitives/dot.py``,
+One library so far, ``dot_project.cc``, with two kernels: the fused dot projection, and one
+Douglas-Rachford step on a dense dot family's input edges (the materialized lowering's fused
+path). Each does what XLA on CPU cannot fuse (several outputs written in one pass,
+reductions that read their producers) in one pass over cache-sized blocks of rows. The C++ mirrors ``feascomp/primitives/dot.py``,
 which stays the reference (and the fallback): tests/test_kernels.py checks them against
 each other.
 
@@ -27,8 +28,16 @@ import threading
 from pathlib import Path
 
 SOURCES = {"dot_project": Path(__file__).with_name("dot_project.cc")}
-TARGETS = {"dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"}}
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+# the XLA FFI targets each library defines, per function and dtype
+TARGETS = {"dot_project": {
+    "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
+    "dot_dr_step": {"float32": "feascomp_dot_dr_step_f32", "float64": "feascomp_dot_dr_step_f64"},
+    "dot_dr_project": {"float32": "feascomp_dot_dr_project_f32", "float64": "feascomp_dot_dr_project_f64"},
+    "dot_dr_update": {"float32": "feascomp_dot_dr_update_f32", "float64": "feascomp_dot_dr_update_f64"},
+}}
+# -fopenmp-simd: honour the source's `omp simd reduction` loops (vectorised sums) without
+# OpenMP's runtime or any global fast-math
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 _lock = threading.Lock()
 _loaded: dict[str, bool] = {}
@@ -103,7 +112,7 @@ def load(name: str = "dot_project") -> bool:
             if not path.exists():
                 _build(name, cxx, path)
             lib = ctypes.cdll.LoadLibrary(str(path))
-            for target in TARGETS[name].values():
+            for target in (t for per_dtype in TARGETS[name].values() for t in per_dtype.values()):
                 jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
             ok = True
             _status[name] = f"built: {path}"
@@ -124,7 +133,57 @@ def dot_project(a0, b0, z0, w):
     import jax
 
     dtype = a0.dtype
-    target = TARGETS["dot_project"][str(dtype)]
+    target = TARGETS["dot_project"]["dot_project"][str(dtype)]
     out = (jax.ShapeDtypeStruct(a0.shape, dtype), jax.ShapeDtypeStruct(a0.shape, dtype),
            jax.ShapeDtypeStruct(z0.shape, dtype))
     return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a0, b0, z0, w)
+
+
+def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):
+    """One DR step on a dense dot family's input edges, in place (dot_project.cc's
+    ``dr_step``): za, zb [N, m, n]; pa [N, n], pb [m, n] (the edges' values under the other
+    colour's projection); c0, w [N, m]; relax a scalar. Returns (za', zb', y [N, m],
+    moved [N, m], sum over m of za' [N, n], per-group sums over N of zb' [groups, m, n]).
+    Call :func:`load` first."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = za.dtype
+    N, m, n = za.shape
+    target = TARGETS["dot_project"]["dot_dr_step"][str(dtype)]
+    out = (jax.ShapeDtypeStruct(za.shape, dtype), jax.ShapeDtypeStruct(zb.shape, dtype),
+           jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m), dtype),
+           jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
+    call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
+    return call(za, zb, pa, pb, c0, w, jnp.asarray(relax, dtype))
+
+
+def dot_dr_project(za, zb, c0, w, groups: int):
+    """The first pass of a DR step on a dense dot family of the first colour
+    (dot_project.cc's ``dr_project``): za, zb [N, m, n]; c0, w [N, m]. Returns (y [N, m],
+    per-node coefficients [N, m, 6], the reflected a-edges summed over m [N, n], the
+    reflected b-edges summed over the rows of each group [groups, m, n])."""
+    import jax
+
+    dtype = za.dtype
+    N, m, n = za.shape
+    target = TARGETS["dot_project"]["dot_dr_project"][str(dtype)]
+    out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m, 6), dtype),
+           jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(za, zb, c0, w)
+
+
+def dot_dr_update(za, zb, coef, va, vb, relax):
+    """The second pass (``dr_update``): za += 2 r (va - a), zb += 2 r (vb - b) in place, a
+    and b from ``dot_dr_project``'s coefficients; va [N, n], vb [m, n]. Returns (za', zb',
+    the node's squared move [N, m])."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = za.dtype
+    N, m, n = za.shape
+    target = TARGETS["dot_project"]["dot_dr_update"][str(dtype)]
+    out = (jax.ShapeDtypeStruct(za.shape, dtype), jax.ShapeDtypeStruct(zb.shape, dtype),
+           jax.ShapeDtypeStruct((N, m), dtype))
+    call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
+    return call(za, zb, coef, va, vb, jnp.asarray(relax, dtype))

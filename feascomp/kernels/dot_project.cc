@@ -94,35 +94,14 @@ void solve_block(int64_t m, T* __restrict A2, T* __restrict B2, T* __restrict z0
   }
 }
 
+// Per-node coefficients from the rotated norms and roots (dot.py's _coefficients): on return
+// Z0 holds the output z, and a = kas (a0 + b0) + kad (a0 - b0) + kae e1 (b likewise).
 template <typename T>
-void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, const T* __restrict b0,
-                  const T* __restrict z0, const T* __restrict w, T* __restrict a, T* __restrict b,
-                  T* __restrict z) {
-  const Consts<T> c;
-  const T r2 = std::sqrt(T(2));
-  alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
+struct Coefficients {
   alignas(64) T kas[kBlock], kad[kBlock], kae[kBlock], kbs[kBlock], kbd[kBlock], kbe[kBlock];
-  for (int64_t s = r0; s < r1; s += kBlock) {
-    const int64_t m = std::min(kBlock, r1 - s);
-    for (int64_t r = 0; r < m; ++r) {
-      const T* x = a0 + (s + r) * n;
-      const T* y = b0 + (s + r) * n;
-      T sa = 0, sb = 0;
-      for (int64_t k = 0; k < n; ++k) {
-        const T p = x[k] + y[k];
-        const T q = x[k] - y[k];
-        sa += p * p;
-        sb += q * q;
-      }
-      A2[r] = T(0.5) * sa;
-      B2[r] = T(0.5) * sb;
-    }
-    for (int64_t r = 0; r < m; ++r) {
-      Z0[r] = z0[s + r];
-      W[r] = w[s + r];
-      winv[r] = T(1) / W[r];
-    }
-    solve_block<T>(m, A2, B2, Z0, winv, lam, c);
+
+  void compute(int64_t m, const T* A2, const T* B2, T* Z0, const T* W, const T* lam, const Consts<T>& c) {
+    const T r2 = std::sqrt(T(2));
     for (int64_t r = 0; r < m; ++r) {
       const T l = lam[r];
       const T zr = Z0[r] - l / W[r];
@@ -130,8 +109,11 @@ void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, con
       const bool pos = l >= 0;
       const T nu_pos = pos ? B / (1 + l) : T(0);
       const T nu_neg = A / std::max(1 - l, T(1));
-      const T nu_u = pos ? std::sqrt(std::max(2 * zr + nu_pos * nu_pos, T(0))) : nu_neg;
-      const T nu_v = pos ? nu_pos : std::sqrt(std::max(nu_neg * nu_neg - 2 * zr, T(0)));
+      const bool mid = std::abs(l) <= T(0.5);  // both direct formulas well conditioned
+      const T nu_u = pos ? (mid ? A / std::max(1 - l, T(0.5)) : std::sqrt(std::max(2 * zr + nu_pos * nu_pos, T(0))))
+                         : nu_neg;
+      const T nu_v = pos ? nu_pos
+                         : (mid ? B / std::max(1 + l, T(0.5)) : std::sqrt(std::max(nu_neg * nu_neg - 2 * zr, T(0))));
       const bool has_a = A2[r] > c.tiny, has_b = B2[r] > c.tiny;
       const T cu = nu_u / (r2 * (has_a ? r2 * A : (has_b ? r2 * B : T(1))));
       const T cv = nu_v / (r2 * (has_b ? r2 * B : (has_a ? r2 * A : T(1))));
@@ -145,23 +127,253 @@ void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, con
       kbe[r] = cu * u_e - cv * v_e;
       Z0[r] = zr;
     }
+  }
+};
+
+template <typename T>
+void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, const T* __restrict b0,
+                  const T* __restrict z0, const T* __restrict w, T* __restrict a, T* __restrict b,
+                  T* __restrict z) {
+  const Consts<T> c;
+  alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
+  Coefficients<T> k;
+  for (int64_t s = r0; s < r1; s += kBlock) {
+    const int64_t m = std::min(kBlock, r1 - s);
+    for (int64_t r = 0; r < m; ++r) {
+      const T* x = a0 + (s + r) * n;
+      const T* y = b0 + (s + r) * n;
+      T sa = 0, sb = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const T p = x[i] + y[i];
+        const T q = x[i] - y[i];
+        sa += p * p;
+        sb += q * q;
+      }
+      A2[r] = T(0.5) * sa;
+      B2[r] = T(0.5) * sb;
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      Z0[r] = z0[s + r];
+      W[r] = w[s + r];
+      winv[r] = T(1) / W[r];
+    }
+    solve_block<T>(m, A2, B2, Z0, winv, lam, c);
+    k.compute(m, A2, B2, Z0, W, lam, c);
     for (int64_t r = 0; r < m; ++r) {
       const T* x = a0 + (s + r) * n;
       const T* y = b0 + (s + r) * n;
       T* xa = a + (s + r) * n;
       T* xb = b + (s + r) * n;
-      const T as_ = kas[r], ad = kad[r], bs = kbs[r], bd = kbd[r];
-      for (int64_t k = 0; k < n; ++k) {
-        const T p = x[k] + y[k];
-        const T q = x[k] - y[k];
-        xa[k] = as_ * p + ad * q;
-        xb[k] = bs * p + bd * q;
+      const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
+      for (int64_t i = 0; i < n; ++i) {
+        const T p = x[i] + y[i];
+        const T q = x[i] - y[i];
+        xa[i] = as_ * p + ad * q;
+        xb[i] = bs * p + bd * q;
       }
       if (n > 0) {
-        xa[0] += kae[r];
-        xb[0] += kbe[r];
+        xa[0] += k.kae[r];
+        xb[0] += k.kbe[r];
       }
       z[s + r] = Z0[r];
+    }
+  }
+}
+
+// One Douglas-Rachford step on a dense dot family's input edges (the materialized lowering's
+// fused path, feascomp/backends/materialized.py). The family has nodes [N, m] with ports of
+// length n; its a-edges za[i, j, :] are copies of pa[i, :] and its b-edges zb[i, j, :] of
+// pb[j, :] under the other colour's projection P0 (their producers' projected values, given).
+// For every node: a0 = 2 pa - za, b0 = 2 pb - zb, (a, b, y) = the dot projection of
+// (a0, b0, c0[i, j]) with weight w[i, j], then za += 2 r (a - pa), zb += 2 r (b - pb) in
+// place. Also returned: y, the node's squared move |a - pa|^2 + |b - pb|^2 (the step
+// residual's share), and the sums the producers' next projections read: sa[i, :] = sum_j of
+// the new za[i, j, :], and sb[g, j, :] = the sum of the new zb[i, j, :] over the rows i of
+// group g (G fixed groups of rows, summed by the caller: results do not depend on the
+// thread count). Each big array is read once from memory and written once: nodes are
+// taken in blocks of kNodes whose rows stay in L2 between the reduction and the update.
+constexpr int64_t kNodes = 16;
+
+template <typename T>
+void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T* zb, const T* __restrict pa,
+             const T* __restrict pb, const T* __restrict c0, const T* __restrict w, T two_r, T* oa, T* ob,
+             T* __restrict y, T* __restrict res, T* __restrict sa, T* __restrict sb) {
+  const Consts<T> c;
+  alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
+  Coefficients<T> k;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* pai = pa + i * n;
+    T* sai = sa + i * n;
+    for (int64_t t = 0; t < n; ++t) sai[t] = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += kNodes) {
+      const int64_t cnt = std::min(kNodes, m - j0);
+      for (int64_t r = 0; r < cnt; ++r) {
+        const int64_t node = i * m + j0 + r;
+        const T* x = za + node * n;
+        const T* v = zb + node * n;
+        const T* pbj = pb + (j0 + r) * n;
+        T s_p = 0, s_q = 0;
+#pragma omp simd reduction(+ : s_p, s_q)
+        for (int64_t t = 0; t < n; ++t) {
+          const T a0 = 2 * pai[t] - x[t];
+          const T b0 = 2 * pbj[t] - v[t];
+          const T p = a0 + b0, q = a0 - b0;
+          s_p += p * p;
+          s_q += q * q;
+        }
+        A2[r] = T(0.5) * s_p;
+        B2[r] = T(0.5) * s_q;
+        Z0[r] = c0[node];
+        W[r] = w[node];
+        winv[r] = T(1) / W[r];
+      }
+      solve_block<T>(cnt, A2, B2, Z0, winv, lam, c);
+      k.compute(cnt, A2, B2, Z0, W, lam, c);
+      for (int64_t r = 0; r < cnt; ++r) {
+        const int64_t node = i * m + j0 + r;
+        const T* x = za + node * n;
+        const T* v = zb + node * n;
+        T* xa = oa + node * n;
+        T* xb = ob + node * n;
+        const T* pbj = pb + (j0 + r) * n;
+        T* sbj = sb + (j0 + r) * n;
+        const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
+        T moved = 0;
+        if (n > 0) {  // e1's term: element 0 on its own, the rest vectorised
+          const T a0 = 2 * pai[0] - x[0], b0 = 2 * pbj[0] - v[0];
+          const T p = a0 + b0, q = a0 - b0;
+          const T da = as_ * p + ad * q + k.kae[r] - pai[0];
+          const T db = bs * p + bd * q + k.kbe[r] - pbj[0];
+          const T na = x[0] + two_r * da, nb = v[0] + two_r * db;
+          xa[0] = na;
+          xb[0] = nb;
+          sai[0] += na;
+          sbj[0] += nb;
+          moved += da * da + db * db;
+        }
+#pragma omp simd reduction(+ : moved)
+        for (int64_t t = 1; t < n; ++t) {
+          const T a0 = 2 * pai[t] - x[t], b0 = 2 * pbj[t] - v[t];
+          const T p = a0 + b0, q = a0 - b0;
+          const T da = as_ * p + ad * q - pai[t];
+          const T db = bs * p + bd * q - pbj[t];
+          const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
+          xa[t] = na;
+          xb[t] = nb;
+          sai[t] += na;
+          sbj[t] += nb;
+          moved += da * da + db * db;
+        }
+        y[node] = Z0[r];
+        res[node] = moved;
+      }
+    }
+  }
+}
+
+// The same step where the dot family is in the first colour (projected before its producers:
+// DR reflects through the dot's own projection). Two passes, since the producers' projection
+// of the reflected edges needs their sums before any edge can be updated:
+//   dr_project: (a, b, y) = the dot projection of (za, zb, c0) per node; returns y, the
+//     node's coefficients (a = kas (za + zb) + kad (za - zb) + kae e1, b likewise: six per
+//     node), and the sums of the reflected edges 2a - za over m (sa [N, n]) and of 2b - zb
+//     over the rows of each group (sb [G, m, n]);
+//   dr_update: with va [N, n], vb [m, n] the producers' projected values, a and b recomputed
+//     from the coefficients: za += 2 r (va - a), zb += 2 r (vb - b) in place; returns the
+//     node's squared move |va - a|^2 + |vb - b|^2.
+template <typename T>
+void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict za, const T* __restrict zb,
+                const T* __restrict c0, const T* __restrict w, T* __restrict y, T* __restrict coef,
+                T* __restrict sa, T* __restrict sb) {
+  const Consts<T> c;
+  alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
+  Coefficients<T> k;
+  for (int64_t i = i0; i < i1; ++i) {
+    T* sai = sa + i * n;
+    for (int64_t t = 0; t < n; ++t) sai[t] = 0;
+    for (int64_t j0 = 0; j0 < m; j0 += kNodes) {
+      const int64_t cnt = std::min(kNodes, m - j0);
+      for (int64_t r = 0; r < cnt; ++r) {
+        const int64_t node = i * m + j0 + r;
+        const T* x = za + node * n;
+        const T* v = zb + node * n;
+        T s_p = 0, s_q = 0;
+#pragma omp simd reduction(+ : s_p, s_q)
+        for (int64_t t = 0; t < n; ++t) {
+          const T p = x[t] + v[t], q = x[t] - v[t];
+          s_p += p * p;
+          s_q += q * q;
+        }
+        A2[r] = T(0.5) * s_p;
+        B2[r] = T(0.5) * s_q;
+        Z0[r] = c0[node];
+        W[r] = w[node];
+        winv[r] = T(1) / W[r];
+      }
+      solve_block<T>(cnt, A2, B2, Z0, winv, lam, c);
+      k.compute(cnt, A2, B2, Z0, W, lam, c);
+      for (int64_t r = 0; r < cnt; ++r) {
+        const int64_t node = i * m + j0 + r;
+        const T* x = za + node * n;
+        const T* v = zb + node * n;
+        T* sbj = sb + (j0 + r) * n;
+        const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
+#pragma omp simd
+        for (int64_t t = 0; t < n; ++t) {
+          const T p = x[t] + v[t], q = x[t] - v[t];
+          sai[t] += 2 * (as_ * p + ad * q) - x[t];
+          sbj[t] += 2 * (bs * p + bd * q) - v[t];
+        }
+        if (n > 0) {
+          sai[0] += 2 * k.kae[r];
+          sbj[0] += 2 * k.kbe[r];
+        }
+        T* cf = coef + node * 6;
+        cf[0] = as_;
+        cf[1] = ad;
+        cf[2] = k.kae[r];
+        cf[3] = bs;
+        cf[4] = bd;
+        cf[5] = k.kbe[r];
+        y[node] = Z0[r];
+      }
+    }
+  }
+}
+
+template <typename T>
+void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T* zb, const T* __restrict coef,
+                 const T* __restrict va, const T* __restrict vb, T two_r, T* oa, T* ob, T* __restrict res) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* vai = va + i * n;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t node = i * m + j;
+      const T* x = za + node * n;
+      const T* v = zb + node * n;
+      T* xa = oa + node * n;
+      T* xb = ob + node * n;
+      const T* vbj = vb + j * n;
+      const T* cf = coef + node * 6;
+      const T as_ = cf[0], ad = cf[1], bs = cf[3], bd = cf[4];
+      T moved = 0;
+      if (n > 0) {
+        const T p = x[0] + v[0], q = x[0] - v[0];
+        const T da = vai[0] - (as_ * p + ad * q + cf[2]);
+        const T db = vbj[0] - (bs * p + bd * q + cf[5]);
+        xa[0] = x[0] + two_r * da;
+        xb[0] = v[0] + two_r * db;
+        moved += da * da + db * db;
+      }
+#pragma omp simd reduction(+ : moved)
+      for (int64_t t = 1; t < n; ++t) {
+        const T p = x[t] + v[t], q = x[t] - v[t];
+        const T da = vai[t] - (as_ * p + ad * q);
+        const T db = vbj[t] - (bs * p + bd * q);
+        xa[t] = x[t] + two_r * da;
+        xb[t] = v[t] + two_r * db;
+        moved += da * da + db * db;
+      }
+      res[node] = moved;
     }
   }
 }
@@ -205,6 +417,106 @@ ffi::Error project(ffi::Buffer<D> a0, ffi::Buffer<D> b0, ffi::Buffer<D> z0, ffi:
   return ffi::Error::Success();
 }
 
+
+// threads for a pass over N rows of m x n values taken in G groups (at most one per group)
+inline int64_t group_threads(int64_t N, int64_t m, int64_t n, int64_t G) {
+  int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), 16));
+  return std::min<int64_t>({threads, G, std::max<int64_t>(1, N * m * std::max<int64_t>(n, 1) / (1 << 16))});
+}
+
+// run(g) for the groups g = 0 .. G-1, spread over the threads
+template <typename F>
+void over_groups(int64_t G, int64_t threads, F run) {
+  auto worker = [&](int64_t first) {
+    for (int64_t g = first; g < G; g += threads) run(g);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+  worker(0);
+  for (auto& th : pool) th.join();
+}
+
+template <typename T, ffi::DataType D>
+ffi::Error dr_step(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> pa, ffi::Buffer<D> pb, ffi::Buffer<D> c0,
+                   ffi::Buffer<D> w, ffi::Buffer<D> relax, ffi::ResultBuffer<D> oa, ffi::ResultBuffer<D> ob,
+                   ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> res, ffi::ResultBuffer<D> sa,
+                   ffi::ResultBuffer<D> sb) {
+  // za, zb [N, m, n]; pa [N, n]; pb [m, n]; c0, w [N, m]; relax []; sb [G, m, n]
+  auto dims = za.dimensions();
+  auto gdims = sb->dimensions();
+  if (dims.size() != 3 || zb.dimensions().size() != 3 || gdims.size() != 3) {
+    return ffi::Error::InvalidArgument("dot_dr_step: za, zb and sb must be [N, m, n]");
+  }
+  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  if (zb.element_count() != za.element_count() || static_cast<int64_t>(pa.element_count()) != N * n ||
+      static_cast<int64_t>(pb.element_count()) != m * n || static_cast<int64_t>(c0.element_count()) != N * m ||
+      static_cast<int64_t>(w.element_count()) != N * m || relax.element_count() != 1 || G < 1 ||
+      gdims[1] != m || gdims[2] != n) {
+    return ffi::Error::InvalidArgument("dot_dr_step: shapes disagree");
+  }
+  const T two_r = 2 * relax.typed_data()[0];
+  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *ppa = pa.typed_data(), *ppb = pb.typed_data();
+  const T *pc = c0.typed_data(), *pw = w.typed_data();
+  T *qa = oa->typed_data(), *qb = ob->typed_data(), *py = y->typed_data(), *pr = res->typed_data();
+  T *psa = sa->typed_data(), *psb = sb->typed_data();
+  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
+  // group g: rows [g * per, (g + 1) * per); threads take groups in turn
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    dr_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py,
+               pr, psa, psb + g * m * n);
+  });
+  return ffi::Error::Success();
+}
+
+template <typename T, ffi::DataType D>
+ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                      ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> coef, ffi::ResultBuffer<D> sa,
+                      ffi::ResultBuffer<D> sb) {
+  auto dims = za.dimensions();
+  auto gdims = sb->dimensions();
+  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_project: za and sb must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  if (zb.element_count() != za.element_count() || static_cast<int64_t>(c0.element_count()) != N * m ||
+      static_cast<int64_t>(w.element_count()) != N * m || static_cast<int64_t>(coef->element_count()) != N * m * 6 ||
+      static_cast<int64_t>(sa->element_count()) != N * n || G < 1 || gdims[1] != m || gdims[2] != n) {
+    return ffi::Error::InvalidArgument("dot_dr_project: shapes disagree");
+  }
+  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
+  T *py = y->typed_data(), *pcf = coef->typed_data(), *psa = sa->typed_data(), *psb = sb->typed_data();
+  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    first_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, py, pcf, psa,
+                  psb + g * m * n);
+  });
+  return ffi::Error::Success();
+}
+
+template <typename T, ffi::DataType D>
+ffi::Error dr_update(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> coef, ffi::Buffer<D> va,
+                     ffi::Buffer<D> vb, ffi::Buffer<D> relax, ffi::ResultBuffer<D> oa, ffi::ResultBuffer<D> ob,
+                     ffi::ResultBuffer<D> res) {
+  auto dims = za.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_update: za must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2];
+  if (zb.element_count() != za.element_count() || static_cast<int64_t>(coef.element_count()) != N * m * 6 ||
+      static_cast<int64_t>(va.element_count()) != N * n || static_cast<int64_t>(vb.element_count()) != m * n ||
+      relax.element_count() != 1 || static_cast<int64_t>(res->element_count()) != N * m) {
+    return ffi::Error::InvalidArgument("dot_dr_update: shapes disagree");
+  }
+  const T two_r = 2 * relax.typed_data()[0];
+  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *pcf = coef.typed_data(), *pva = va.typed_data(),
+          *pvb = vb.typed_data();
+  T *qa = oa->typed_data(), *qb = ob->typed_data(), *pr = res->typed_data();
+  const int64_t G = std::min<int64_t>(N, 16);
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    update_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pcf, pva, pvb, two_r, qa, qb, pr);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // One handler per dtype: four [.., n] / [..] arguments, three results.
@@ -221,3 +533,56 @@ ffi::Error project(ffi::Buffer<D> a0, ffi::Buffer<D> b0, ffi::Buffer<D> z0, ffi:
 
 FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f32, float, ffi::F32)
 FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f64, double, ffi::F64)
+
+// The fused DR step: seven arguments, six results.
+#define FEASCOMP_DOT_DR_HANDLER(symbol, T, D)                                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_step<T, D>),                                                 \
+                                ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>());
+
+FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f32, float, ffi::F32)
+FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f64, double, ffi::F64)
+
+// The first-colour DR step's two passes: four arguments and four results, six and three.
+#define FEASCOMP_DOT_DR_PROJECT_HANDLER(symbol, T, D)                                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_project<T, D>),                                              \
+                                ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>());
+
+FEASCOMP_DOT_DR_PROJECT_HANDLER(feascomp_dot_dr_project_f32, float, ffi::F32)
+FEASCOMP_DOT_DR_PROJECT_HANDLER(feascomp_dot_dr_project_f64, double, ffi::F64)
+
+#define FEASCOMP_DOT_DR_UPDATE_HANDLER(symbol, T, D)                                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_update<T, D>),                                               \
+                                ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>());
+
+FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f32, float, ffi::F32)
+FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f64, double, ffi::F64)

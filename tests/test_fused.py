@@ -1,0 +1,206 @@
+"""The fused DR step (materialized lowering, feascomp/kernels' dr kernels): the same iterates
+as the algorithm's own step over ``project``, which stays the reference; and the kernels
+themselves against a NumPy form built from the dot primitive's reference projection."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from models import mlp_source
+
+import feascomp
+import feascomp.primitives as P
+from feascomp import kernels
+from feascomp.frontends.dsl import parse_model
+
+pytestmark = pytest.mark.skipif(not kernels.load("dot_project"), reason="the native kernels need a C++ compiler")
+
+
+# --- the kernels against NumPy -------------------------------------------------------------
+def _reflect_project(a0, b0, c0, w):
+    return P.get("dot").project((a0, b0), c0, w)
+
+
+def _case(rng, N, m, n, degenerate, reflected=True):
+    """Random edges and sources; with ``degenerate`` (float64 only: nearest points there are
+    not unique, so float32 rounding may pick another one) some nodes' reflected inputs have
+    a0 = -b0 or a0 = b0 (the inputs 2 pa - za, 2 pb - zb if ``reflected``, else za, zb)."""
+    za, zb = rng.normal(size=(2, N, m, n))
+    pa, pb = rng.normal(size=(N, n)), rng.normal(size=(m, n))
+    if degenerate and reflected:
+        za[:, 0] = 2 * pa - (-(2 * pb[0] - zb[:, 0]))
+        if m > 1:
+            za[:, 1] = 2 * pa - (2 * pb[1] - zb[:, 1])
+    elif degenerate:
+        za[:, 0] = -zb[:, 0]
+        if m > 1:
+            za[:, 1] = zb[:, 1]
+    c0 = rng.normal(size=(N, m)) * 3
+    w = rng.integers(1, 6, size=(N, m)).astype(float)
+    return za, zb, pa, pb, c0, w
+
+
+def _close(got, want, dtype, degenerate, node_axes=2):
+    """Equal to rounding; with degenerate nodes (columns 0 and 1, where the nearest point is
+    not unique and, a rounding away, ill-conditioned: it moves by ~sqrt(eps)) those to 1e-6
+    and every other node to rounding. ``node_axes``: leading [N, m] axes (0: a sum over them)."""
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    atol = lambda w: tol * (1 + np.abs(w).max())  # noqa: E731
+    if not degenerate:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=atol(want))
+        return
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * (1 + np.abs(want).max()))
+    if node_axes == 2:
+        np.testing.assert_allclose(got[:, 2:], want[:, 2:], rtol=tol, atol=atol(want))
+
+
+def _jax(fn, dtype, *arrays):
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(dtype == np.float64):
+        out = jax.jit(fn)(*(jnp.asarray(a, dtype) for a in arrays))
+        return [np.asarray(o, np.float64) for o in out]
+
+
+shapes = st.tuples(st.integers(1, 12), st.integers(1, 20), st.integers(1, 40), st.integers(1, 9), st.booleans(),
+                   st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.sampled_from([np.float32, np.float64]), st.sampled_from([0.5, 1.0, 0.2]))
+def test_second_colour_kernel_equals_numpy(shape, dtype, r):
+    """dot_dr_step: z + 2r (P_dot(2 P0 z - z) - P0 z) on a family whose edges copy pa along m
+    and pb along N under P0; its output, squared move, and the new edges' sums."""
+    N, m, n, groups, degenerate, seed = shape
+    groups = min(groups, N)
+    za, zb, pa, pb, c0, w = _case(np.random.default_rng(seed), N, m, n, degenerate and dtype == np.float64)
+    (a, b), y = _reflect_project(2 * pa[:, None] - za, 2 * pb[None] - zb, c0, w)
+    na, nb = za + 2 * r * (a - pa[:, None]), zb + 2 * r * (b - pb[None])
+    moved = ((a - pa[:, None]) ** 2).sum(-1) + ((b - pb[None]) ** 2).sum(-1)
+    out = _jax(lambda *x: kernels.dot_dr_step(*x, r, groups), dtype, za, zb, pa, pb, c0, w)
+    degenerate = degenerate and dtype == np.float64
+    for got, want in zip(out[:4], (na, nb, y, moved)):
+        _close(got, want, dtype, degenerate)
+    _close(out[4], na.sum(1), dtype, degenerate, node_axes=0)
+    assert out[5].shape == (groups, m, n)
+    _close(out[5].sum(0), nb.sum(0), dtype, degenerate, node_axes=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.sampled_from([np.float32, np.float64]), st.sampled_from([0.5, 1.0]))
+def test_first_colour_kernels_equal_numpy(shape, dtype, r):
+    """dot_dr_project then dot_dr_update: the dot's own projection first (its output, the
+    reflected edges' sums), then z + 2r (v - P_dot z) once the producers' values v are known."""
+    N, m, n, groups, degenerate, seed = shape
+    groups = min(groups, N)
+    rng = np.random.default_rng(seed)
+    za, zb, va, vb, c0, w = _case(rng, N, m, n, degenerate and dtype == np.float64, reflected=False)
+    (a, b), y = _reflect_project(za, zb, c0, w)
+    got = _jax(lambda *x: kernels.dot_dr_project(*x, groups), dtype, za, zb, c0, w)
+    degenerate = degenerate and dtype == np.float64
+    _close(got[0], y, dtype, degenerate)
+    _close(got[2], (2 * a - za).sum(1), dtype, degenerate, node_axes=0)
+    _close(got[3].sum(0), (2 * b - zb).sum(0), dtype, degenerate, node_axes=0)
+    new = _jax(lambda za, zb, cf, va, vb: kernels.dot_dr_update(za, zb, cf, va, vb, r), dtype, za, zb, got[1], va, vb)
+    _close(new[0], za + 2 * r * (va[:, None] - a), dtype, degenerate)
+    _close(new[1], zb + 2 * r * (vb[None] - b), dtype, degenerate)
+    _close(new[2], ((va[:, None] - a) ** 2).sum(-1) + ((vb[None] - b) ** 2).sum(-1), dtype, degenerate)
+
+
+# --- the fused step against the algorithm's step -------------------------------------------
+def _update(source, fuse, batch, x, y, updates=1, **kw):
+    solver = feascomp.compile(parse_model(source), batch_size=batch, algorithm="dr", dtype="float64", fuse_kernels=fuse,
+                              **kw)
+    state = solver.init(solver.init_params(1))
+    infos = []
+    for _ in range(updates):
+        params, state, info = solver.update(state, x, y)
+        infos.append(info)
+    return solver, {k: np.asarray(v) for k, v in params.items()}, infos
+
+
+models = st.tuples(
+    st.lists(st.integers(1, 6), min_size=1, max_size=3),  # hidden widths
+    st.integers(2, 4),  # classes
+    st.integers(1, 5),  # batch
+    st.booleans(),  # readout: the dots fall in the first colour
+    st.sampled_from([0.5, 1.0, 0.3]),  # relaxation
+    st.booleans(),  # weighted
+    st.integers(0, 2**31 - 1),
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(models)
+def test_fused_step_gives_the_algorithms_iterates(case):
+    hidden, classes, batch, readout, r, weighted, seed = case
+    widths = [3] + hidden + [classes]
+    source = mlp_source(widths, [True] * len(hidden), readout=readout)
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(batch, 3)), rng.integers(0, classes, batch)
+    kw = dict(steps=4, relaxation=r, weighted=weighted)
+    fused, pf, inf = _update(source, True, batch, x, y, **kw)
+    plain, pp, inp = _update(source, False, batch, x, y, **kw)
+    assert fused.program.fused and not plain.program.fused
+    for k in pp:
+        np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(inf[0]["residual"], inp[0]["residual"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("readout", [False, True])
+def test_fused_step_with_warm_start_and_monitoring(readout):
+    """The carried sums survive across updates (warm start), and per-family distances (which
+    project the shadow by the plain code) are the same."""
+    source = mlp_source([4, 5, 3, 3], [True, False], readout=readout)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
+    kw = dict(steps=3, warm_start=True, monitor=True)
+    _, pf, inf = _update(source, True, 6, x, y, updates=3, **kw)
+    _, pp, inp = _update(source, False, 6, x, y, updates=3, **kw)
+    for k in pp:
+        np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    for a, b in zip(inf, inp):
+        np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a["family_residual"], b["family_residual"], rtol=1e-8, atol=1e-11)
+
+
+def test_which_families_fuse():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    mlp = os.path.join(root, "examples", "mnist_mlp.fc")
+    readout = os.path.join(root, "examples", "mnist_mlp4_readout.fc")
+    s = feascomp.compile(mlp, batch_size=8, steps=1)
+    assert {n: f.first for n, f in s.program.fused.items()} == {"0": False, "logits": False}
+    s = feascomp.compile(readout, batch_size=8, steps=1)
+    assert len(s.program.fused) == 8 and all(f.first for f in s.program.fused.values())
+    for kw in (dict(algorithm="ap"), dict(algorithm="dm"), dict(fuse_kernels=False), dict(lowering="collapsed")):
+        assert not getattr(feascomp.compile(mlp, batch_size=8, steps=1, **kw).program, "fused", {}), kw
+    # a plan whose dot asks for XLA's form (option kernel = "xla") keeps it out
+    import dataclasses
+
+    from feascomp.backends.materialized import Program
+
+    plan = feascomp.compile(mlp, batch_size=8, steps=1).plan
+    families = tuple(dataclasses.replace(f, attrs=f.attrs + (("kernel", "xla"),)) if f.name == "logits" else f
+                     for f in plan.families)
+    assert set(Program(dataclasses.replace(plan, families=families), fuse_dr=True).fused) == {"0"}
+
+
+def test_without_a_compiler_dr_runs_xlas_step(tmp_path):
+    """No compiler: nothing is fused, and DR trains with XLA's code (a fresh process)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import numpy as np, feascomp\n"
+        f"s = feascomp.compile({os.path.join(root, 'examples', 'mnist_mlp.fc')!r}, batch_size=4, steps=2)\n"
+        "print(len(s.program.fused))\n"
+        "rng = np.random.default_rng(0)\n"
+        "p, st, info = s.update(s.init(s.init_params(0)), rng.random((4, 784)), rng.integers(0, 10, 4))\n"
+        "print(bool(np.all(np.isfinite(np.asarray(info['residual'])))))\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FEASCOMP_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"]
