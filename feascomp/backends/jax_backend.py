@@ -55,7 +55,9 @@ class JaxBackend:
                 return z, out
 
             z, residuals = jax.lax.scan(body, z, jnp.arange(K))
-            return prog.param_means(jnp, alg.shadow(projector(K), z, combine), params, data), residuals, z
+            native = prog.fused_shadow(alg)
+            shadow = native(jnp, z, data) if native is not None else alg.shadow(projector(K), z, combine)
+            return prog.param_means(jnp, shadow, params, data), residuals, z
 
         return update
 

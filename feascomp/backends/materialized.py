@@ -349,6 +349,34 @@ class Program:
             return lambda xp, z, data: self.dr_step(xp, z, data, algorithm.relaxation)
         return None
 
+    def fused_shadow(self, algorithm):
+        """The shadow for reading parameters where this lowering computes it natively (DR
+        with fused families of the first colour: ``dr_shadow``), else None."""
+        if algorithm.name == "dr" and any(f.first for f in self.fused.values()):
+            return lambda xp, z, data: self.dr_shadow(xp, z, data)
+        return None
+
+    def dr_shadow(self, xp, z: dict, data: dict) -> dict:
+        """P0(z) for reading parameter means (``param_means``), with each fused family of the
+        first colour projected by the kernel's first pass, which returns its projected edges'
+        sums rather than the edges: the state holds those sums (SUM keys, which producers'
+        means read) and the unprojected edges, so it is for means only, not for distances
+        (monitoring projects the shadow the plain way)."""
+        from .. import kernels
+
+        first = [f for f in self.fused.values() if f.first]
+        p0 = self.project_families(xp, [n for n in self.classes[0] if n not in self.fused], z, data)
+        for f in first:
+            info = self.info[f.name]
+            N, m = info.family.type.shape
+            ybar, w = self._fused_output(xp, info, z, data)
+            y, _, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS),
+                                                  reflect=False)
+            self._write_out(xp, info, y, p0, data)
+            p0[SUM + f.rows.key] = sa
+            p0[SUM + f.cols.key] = self._group_sum(xp, sb)
+        return p0
+
     def dr_step(self, xp, z: dict, data: dict, relaxation: float):
         """One DR step, z + 2r (P1(2 P0 z - z) - P0 z), with each fused dot family's input
         edges done by the native kernel instead of XLA's passes; the rest of the plan as in

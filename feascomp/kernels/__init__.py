@@ -158,19 +158,22 @@ def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):
     return call(za, zb, pa, pb, c0, w, jnp.asarray(relax, dtype))
 
 
-def dot_dr_project(za, zb, c0, w, groups: int):
+def dot_dr_project(za, zb, c0, w, groups: int, reflect: bool = True):
     """The first pass of a DR step on a dense dot family of the first colour
     (dot_project.cc's ``dr_project``): za, zb [N, m, n]; c0, w [N, m]. Returns (y [N, m],
-    per-node coefficients [N, m, 6], the reflected a-edges summed over m [N, n], the
-    reflected b-edges summed over the rows of each group [groups, m, n])."""
+    per-node coefficients [N, m, 6], the a-edges summed over m [N, n], the b-edges summed
+    over the rows of each group [groups, m, n]): of the reflected edges 2 P z - z, or with
+    ``reflect=False`` of the projected edges P z."""
     import jax
+    import jax.numpy as jnp
 
     dtype = za.dtype
     N, m, n = za.shape
     target = TARGETS["dot_project"]["dot_dr_project"][str(dtype)]
     out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m, 6), dtype),
            jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(za, zb, c0, w)
+    mix = jnp.asarray([2, 1] if reflect else [1, 0], dtype)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(za, zb, c0, w, mix)
 
 
 def dot_dr_update(za, zb, coef, va, vb, relax):

@@ -289,14 +289,15 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
 // of the reflected edges needs their sums before any edge can be updated:
 //   dr_project: (a, b, y) = the dot projection of (za, zb, c0) per node; returns y, the
 //     node's coefficients (a = kas (za + zb) + kad (za - zb) + kae e1, b likewise: six per
-//     node), and the sums of the reflected edges 2a - za over m (sa [N, n]) and of 2b - zb
-//     over the rows of each group (sb [G, m, n]);
+//     node), and with mix = (k1, k0) the sums of k1 a - k0 za over m (sa [N, n]) and of
+//     k1 b - k0 zb over the rows of each group (sb [G, m, n]): (2, 1) the reflected edges,
+//     which the producers' projection reads; (1, 0) the projected ones (the shadow's);
 //   dr_update: with va [N, n], vb [m, n] the producers' projected values, a and b recomputed
 //     from the coefficients: za += 2 r (va - a), zb += 2 r (vb - b) in place; returns the
 //     node's squared move |va - a|^2 + |vb - b|^2.
 template <typename T>
 void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict za, const T* __restrict zb,
-                const T* __restrict c0, const T* __restrict w, T* __restrict y, T* __restrict coef,
+                const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict coef,
                 T* __restrict sa, T* __restrict sb) {
   const Consts<T> c;
   alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
@@ -340,13 +341,13 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restric
 #pragma omp simd
           for (int64_t t = t0; t < t1; ++t) {
             const T p = x[t] + v[t], q = x[t] - v[t];
-            sai[t] += 2 * (as_ * p + ad * q) - x[t];
-            sbj[t] += 2 * (bs * p + bd * q) - v[t];
+            sai[t] += k1 * (as_ * p + ad * q) - k0 * x[t];
+            sbj[t] += k1 * (bs * p + bd * q) - k0 * v[t];
           }
         }
         if (n > 0) {
-          sai[0] += 2 * k.kae[r];
-          sbj[0] += 2 * k.kbe[r];
+          sai[0] += k1 * k.kae[r];
+          sbj[0] += k1 * k.kbe[r];
         }
         T* cf = coef + node * 6;
         cf[0] = as_;
@@ -495,7 +496,7 @@ ffi::Error dr_step(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> pa, ffi:
 }
 
 template <typename T, ffi::DataType D>
-ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w, ffi::Buffer<D> mix,
                       ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> coef, ffi::ResultBuffer<D> sa,
                       ffi::ResultBuffer<D> sb) {
   auto dims = za.dimensions();
@@ -504,15 +505,17 @@ ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, f
   const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
   if (zb.element_count() != za.element_count() || static_cast<int64_t>(c0.element_count()) != N * m ||
       static_cast<int64_t>(w.element_count()) != N * m || static_cast<int64_t>(coef->element_count()) != N * m * 6 ||
-      static_cast<int64_t>(sa->element_count()) != N * n || G < 1 || gdims[1] != m || gdims[2] != n) {
+      static_cast<int64_t>(sa->element_count()) != N * n || mix.element_count() != 2 || G < 1 || gdims[1] != m ||
+      gdims[2] != n) {
     return ffi::Error::InvalidArgument("dot_dr_project: shapes disagree");
   }
   const T *pza = za.typed_data(), *pzb = zb.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
+  const T k1 = mix.typed_data()[0], k0 = mix.typed_data()[1];
   T *py = y->typed_data(), *pcf = coef->typed_data(), *psa = sa->typed_data(), *psb = sb->typed_data();
   for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
   const int64_t per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    first_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, py, pcf, psa,
+    first_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, k1, k0, py, pcf, psa,
                   psb + g * m * n);
   });
   return ffi::Error::Success();
@@ -580,10 +583,11 @@ FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f64, double, ffi::F64)
 FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f32, float, ffi::F32)
 FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f64, double, ffi::F64)
 
-// The first-colour DR step's two passes: four arguments and four results, six and three.
+// The first-colour DR step's two passes: five arguments and four results, six and three.
 #define FEASCOMP_DOT_DR_PROJECT_HANDLER(symbol, T, D)                                                     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_project<T, D>),                                              \
                                 ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
                                     .Arg<ffi::Buffer<D>>()                                                \
                                     .Arg<ffi::Buffer<D>>()                                                \
                                     .Arg<ffi::Buffer<D>>()                                                \
