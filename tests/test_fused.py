@@ -143,12 +143,28 @@ def test_fused_step_gives_the_algorithms_iterates(case):
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(batch, 3)), rng.integers(0, classes, batch)
     kw = dict(steps=4, relaxation=r, weighted=weighted)
-    fused, pf, inf = _update(source, True, batch, x, y, **kw)
-    plain, pp, inp = _update(source, False, batch, x, y, **kw)
+    # two updates: the second writes its forward pass into the first's buffers
+    fused, pf, inf = _update(source, True, batch, x, y, updates=2, **kw)
+    plain, pp, inp = _update(source, False, batch, x, y, updates=2, **kw)
     assert fused.program.fused and not plain.program.fused
     for k in pp:
         np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
-    np.testing.assert_allclose(inf[0]["residual"], inp[0]["residual"], rtol=1e-9, atol=1e-12)
+    for a, b in zip(inf, inp):
+        np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
+
+
+def test_cold_start_updates_reuse_the_edge_buffers():
+    """A cold-start update writes its forward-pass edges of the fused families into the
+    previous update's buffers (donated) instead of new memory."""
+    source = mlp_source([6, 5, 3], [True], dtype="f32")
+    rng = np.random.default_rng(0)
+    solver = feascomp.compile(parse_model(source), batch_size=4, algorithm="dr", steps=2)
+    state = solver.init(solver.init_params(0))
+    pointers = []
+    for _ in range(3):
+        _, state, _ = solver.update(state, rng.normal(size=(4, 6)), rng.integers(0, 3, 4))
+        pointers.append({k: v.unsafe_buffer_pointer() for k, v in solver.backend._spare.items()})
+    assert pointers[0] and pointers[1] == pointers[2] == pointers[0]
 
 
 @pytest.mark.parametrize("readout", [False, True])

@@ -326,7 +326,8 @@ class CollapsedProgram(Program):
         return xp.broadcast_to(total, c.node_shape + (c.length,))
 
     # hooks of Program -------------------------------------------------------------------------
-    def init_edges(self, xp, vals: dict, data: dict) -> dict:
+    def init_edges(self, xp, vals: dict, data: dict, spare: dict | None = None) -> dict:
+        """``spare`` is unused: this lowering fuses nothing (Program.init_edges)."""
         z = {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data)
              for e in self.plan.edges if e.key not in self.elided and e.key not in self.collapsed_edges}
         for c in self.collapsed.values():

@@ -13,21 +13,27 @@ class JaxBackend:
         self.solver = solver
         self._compiled = None
         self._compiled_warm = None
+        # a cold-start update writes its forward-pass copies of the fused families' edges
+        # into the previous update's buffers (Program.init_edges(spare=...)): new memory's
+        # page faults cost ~17 ms per 100 MB, more than the copy itself
+        self._spare_keys = sorted(getattr(solver.program, "fused_edges", ()))
+        self._spare = None
 
     def update_fn(self, warm: bool = False):
-        """The pure update (params, x, onehot[, z]) -> (params, residuals, z), for jit or
-        tracing. ``warm``: start from the given edge state instead of a forward pass.
-        residuals: {"step": [K]} plus, when monitoring, {"family": [K, families]}."""
+        """The pure update (params, x, onehot[, z[, spare]]) -> (params, residuals, z), for
+        jit or tracing. ``z``: start from this edge state instead of a forward pass;
+        ``spare``: buffers (donated) for the forward pass's copies of the fused families'
+        edges. residuals: {"step": [K]} plus, when monitoring, {"family": [K, families]}."""
         import jax
         import jax.numpy as jnp
 
         s = self.solver
         prog, alg, K, input_name, monitor = s.program, s.algorithm, s.steps, s.input_name, s.monitor
 
-        def update(params, x, onehot, z=None):
+        def update(params, x, onehot, z=None, spare=None):
             data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
-                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data)
+                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data, spare)
             combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
             distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
 
@@ -61,6 +67,12 @@ class JaxBackend:
 
         return update
 
+    def _spare_shapes(self):
+        import jax
+
+        shapes = {e.key: e.type.shape for e in self.solver.plan.edges}
+        return {k: jax.ShapeDtypeStruct(shapes[k], self.solver.np_dtype) for k in self._spare_keys}
+
     def compile(self, params) -> float:
         import jax
 
@@ -71,16 +83,29 @@ class JaxBackend:
         y = np.zeros((s.batch_size, s.num_classes), s.np_dtype)
         t0 = time.perf_counter()
         with s.precision():
-            self._compiled = jax.jit(self.update_fn()).lower(params, x, y).compile()
+            if self._spare_keys:
+                fn = jax.jit(lambda p, x, y, spare: self.update_fn()(p, x, y, None, spare), donate_argnums=(3,))
+                self._compiled = fn.lower(params, x, y, self._spare_shapes()).compile()
+            else:
+                self._compiled = jax.jit(self.update_fn()).lower(params, x, y).compile()
         return time.perf_counter() - t0
 
     def update(self, params, x, onehot, edges=None):
         import jax
+        import jax.numpy as jnp
 
         self.compile(params)
         with self.solver.precision():
             if edges is None:
-                return self._compiled(params, x, onehot)
+                if not self._spare_keys:
+                    return self._compiled(params, x, onehot)
+                spare = self._spare
+                if spare is None:
+                    spare = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._spare_shapes().items()}
+                self._spare = None  # donated: gone whatever happens below
+                out = self._compiled(params, x, onehot, spare)
+                self._spare = {k: out[2][k] for k in self._spare_keys}
+                return out
             if self._compiled_warm is None:
                 self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))
             return self._compiled_warm(params, x, onehot, edges)

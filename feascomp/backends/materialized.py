@@ -233,11 +233,23 @@ class Program:
                 vals[name] = info.prim.forward(*ins)
         return vals
 
-    def init_edges(self, xp, vals: dict, data: dict) -> dict:
+    def init_edges(self, xp, vals: dict, data: dict, spare: dict | None = None) -> dict:
         """The edges of a forward pass (every edge a copy of its producer's value), plus the
         sums the fused DR step carries: for a broadcast, the value times its copies (not a
-        reduction over the materialized edges)."""
-        z = {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data) for e in self.plan.edges if e.key not in self.elided}
+        reduction over the materialized edges). ``spare``: buffers to write the fused
+        families' edges into (the previous update's, donated; the native ``fill``)."""
+        z = {}
+        for e in self.plan.edges:
+            if e.key in self.elided:
+                continue
+            if spare is not None and e.key in spare:
+                by_row = e.map.src_axes == (0, 2)  # rows: [N, n] copied along m; cols: [n, m] along N
+                src = vals[e.src] if by_row else xp.transpose(vals[e.src])
+                from .. import kernels
+
+                z[e.key] = kernels.fill(spare[e.key], src, by_row)
+            else:
+                z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
         for e in self.summed:
             copies = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.src_axes)
             z[SUM + e.key] = vals[e.src] * xp.asarray(copies, vals[e.src].dtype)
@@ -410,7 +422,7 @@ class Program:
         q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in self.fused_edges})
         p1 = self.project_families(xp, [n for n in self.classes[1] if n not in self.fused], q, data)
         new: dict = {}
-        moved = xp.zeros((), self.dtype)
+        moved = 0.0  # a Python float: the sums below give it their dtype
         for f in second:
             info = self.info[f.name]
             N, m = info.family.type.shape

@@ -34,6 +34,7 @@ TARGETS = {"dot_project": {
     "dot_dr_step": {"float32": "feascomp_dot_dr_step_f32", "float64": "feascomp_dot_dr_step_f64"},
     "dot_dr_project": {"float32": "feascomp_dot_dr_project_f32", "float64": "feascomp_dot_dr_project_f64"},
     "dot_dr_update": {"float32": "feascomp_dot_dr_update_f32", "float64": "feascomp_dot_dr_update_f64"},
+    "fill": {"float32": "feascomp_fill_f32", "float64": "feascomp_fill_f64"},
 }}
 # -fopenmp-simd: honour the source's `omp simd reduction` loops (vectorised sums) without
 # OpenMP's runtime or any global fast-math
@@ -190,3 +191,15 @@ def dot_dr_update(za, zb, coef, va, vb, relax):
            jax.ShapeDtypeStruct((N, m), dtype))
     call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
     return call(za, zb, coef, va, vb, jnp.asarray(relax, dtype))
+
+
+def fill(donor, src, by_row: bool):
+    """``donor`` [N, m, n] overwritten in place (its buffer reused) with copies of ``src``:
+    out[i, j] = src[i] (``by_row``, src [N, n]) or src[j] (src [m, n])."""
+    import jax
+    import jax.numpy as jnp
+
+    target = TARGETS["dot_project"]["fill"][str(donor.dtype)]
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(donor.shape, donor.dtype), input_output_aliases={0: 0},
+                            vmap_method="sequential")
+    return call(donor, src, jnp.asarray([1 if by_row else 0], donor.dtype))

@@ -545,6 +545,28 @@ ffi::Error dr_update(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> coef, 
   return ffi::Error::Success();
 }
 
+// out[i, j, :] = src[i, :] (src [N, n], rows = 1) or src[j, :] (src [m, n], rows = 0), written
+// into ``donor``'s buffer (aliased: the previous update's edges, so that a fresh update's
+// forward-pass edges do not pay for new memory's page faults).
+template <typename T, ffi::DataType D>
+ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, ffi::ResultBuffer<D> out) {
+  auto dims = donor.dimensions();
+  if (dims.size() != 3 || rows.element_count() != 1) return ffi::Error::InvalidArgument("fill: donor must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2];
+  const bool by_row = rows.typed_data()[0] != 0;
+  if (static_cast<int64_t>(src.element_count()) != (by_row ? N : m) * n) {
+    return ffi::Error::InvalidArgument("fill: shapes disagree");
+  }
+  const T* ps = src.typed_data();
+  T* po = out->typed_data();
+  const int64_t G = std::min<int64_t>(N, 16), per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    for (int64_t i = std::min(N, g * per); i < std::min(N, (g + 1) * per); ++i)
+      for (int64_t j = 0; j < m; ++j) std::copy(ps + (by_row ? i : j) * n, ps + (by_row ? i : j) * n + n, po + (i * m + j) * n);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // One handler per dtype: four [.., n] / [..] arguments, three results.
@@ -615,3 +637,14 @@ FEASCOMP_DOT_DR_PROJECT_HANDLER(feascomp_dot_dr_project_f64, double, ffi::F64)
 
 FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f32, float, ffi::F32)
 FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f64, double, ffi::F64)
+
+#define FEASCOMP_FILL_HANDLER(symbol, T, D)                                                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (fill<T, D>),                                                    \
+                                ffi::Ffi::Bind()                                                          \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Arg<ffi::Buffer<D>>()                                                \
+                                    .Ret<ffi::Buffer<D>>());
+
+FEASCOMP_FILL_HANDLER(feascomp_fill_f32, float, ffi::F32)
+FEASCOMP_FILL_HANDLER(feascomp_fill_f64, double, ffi::F64)
