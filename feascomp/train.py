@@ -60,6 +60,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "algorithm": solver.algorithm.name,
         "backend": solver.backend.name,
         "lowering": solver.lowering,
+        "fused_families": sorted(getattr(solver.program, "fused", {})),  # DR steps run by the native kernels
         "dataset": ds.name,
         "seed": seed,
         "updates": updates,
