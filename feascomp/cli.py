@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="materialized: every edge stored (the paper); collapsed: AP, DR or DM, dense layers "
                         "keep values and per-node coefficients instead of their edges")
     t.add_argument("--no-fuse-kernels", action="store_true",
-                   help="keep XLA's code for DR's dense layers instead of the native fused step (same iterates)")
+                   help="keep XLA's code for DR's (and DM's) dense layers instead of the native fused step "
+                        "(same iterates)")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
     t.add_argument("--json", action="store_true", help="end with one JSON line of results")

@@ -84,9 +84,10 @@ def compile(  # noqa: A001  (the public name users expect)
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
     (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
     inputs' values and per-node coefficients instead of their edges; backends/collapsed.py);
-    ``fuse_kernels``: under DR with the materialized lowering on the jax backend, run each
-    dense layer's step on its input edges in one native kernel (feascomp/kernels) where it
-    builds -- the same iterates, several times faster; False keeps XLA's code throughout.
+    ``fuse_kernels``: under DR (or DM with beta = 1) with the materialized lowering on the
+    jax backend, run each dense layer's step on its input edges in native kernels
+    (feascomp/kernels) where they build -- the same iterates, several times faster; False
+    keeps XLA's code throughout.
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -173,7 +174,10 @@ class Solver:
         if lowering == "collapsed":
             extra = dict(algorithm=algorithm, steps=steps)
         else:
-            extra = dict(fuse_dr=fuse_kernels and algorithm.name == "dr" and backend == "jax")
+            # the fused DR step's class order: DM with beta = 1 is DR (r = 1/2) through P1 first
+            dm_order = (1, 0) if getattr(algorithm, "beta", None) == 1.0 else None
+            order = {"dr": (0, 1), "dm": dm_order}.get(algorithm.name)
+            extra = dict(fuse_dr=order if fuse_kernels and backend == "jax" else None)
         self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
                                elide_inputs=self.elide_inputs, **extra)
         if not algorithm.uses_layers and len(self.program.colours) != 2:

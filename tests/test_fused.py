@@ -112,9 +112,9 @@ def test_first_colour_kernels_equal_numpy(shape, dtype, r):
 
 
 # --- the fused step against the algorithm's step -------------------------------------------
-def _update(source, fuse, batch, x, y, updates=1, **kw):
-    solver = feascomp.compile(parse_model(source), batch_size=batch, algorithm="dr", dtype="float64", fuse_kernels=fuse,
-                              **kw)
+def _update(source, fuse, batch, x, y, updates=1, algorithm="dr", **kw):
+    solver = feascomp.compile(parse_model(source), batch_size=batch, algorithm=algorithm, dtype="float64",
+                              fuse_kernels=fuse, **kw)
     state = solver.init(solver.init_params(1))
     infos = []
     for _ in range(updates):
@@ -128,21 +128,22 @@ models = st.tuples(
     st.integers(2, 4),  # classes
     st.integers(1, 5),  # batch
     st.booleans(),  # readout: the dots fall in the first colour
-    st.sampled_from([0.5, 1.0, 0.3]),  # relaxation
+    st.sampled_from([("dr", 0.5), ("dr", 1.0), ("dr", 0.3), ("dm", None)]),  # algorithm, DR's relaxation
     st.booleans(),  # weighted
     st.integers(0, 2**31 - 1),
 )
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(models)
 def test_fused_step_gives_the_algorithms_iterates(case):
-    hidden, classes, batch, readout, r, weighted, seed = case
+    """DR, and DM with beta = 1 (DR with r = 1/2 and the classes swapped)."""
+    hidden, classes, batch, readout, (algorithm, r), weighted, seed = case
     widths = [3] + hidden + [classes]
     source = mlp_source(widths, [True] * len(hidden), readout=readout)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(batch, 3)), rng.integers(0, classes, batch)
-    kw = dict(steps=4, relaxation=r, weighted=weighted)
+    kw = dict(steps=4, weighted=weighted, algorithm=algorithm, **({"relaxation": r} if r else {}))
     # two updates: the second writes its forward pass into the first's buffers
     fused, pf, inf = _update(source, True, batch, x, y, updates=2, **kw)
     plain, pp, inp = _update(source, False, batch, x, y, updates=2, **kw)
@@ -192,7 +193,10 @@ def test_which_families_fuse():
     assert {n: f.first for n, f in s.program.fused.items()} == {"0": False, "logits": False}
     s = feascomp.compile(readout, batch_size=8, steps=1)
     assert len(s.program.fused) == 8 and all(f.first for f in s.program.fused.values())
-    for kw in (dict(algorithm="ap"), dict(algorithm="dm"), dict(fuse_kernels=False), dict(lowering="collapsed")):
+    s = feascomp.compile(mlp, batch_size=8, steps=1, algorithm="dm")  # beta = 1: DR's step, classes swapped
+    assert {n: f.first for n, f in s.program.fused.items()} == {"0": True, "logits": True}
+    for kw in (dict(algorithm="ap"), dict(algorithm="dm", beta=0.7), dict(fuse_kernels=False),
+               dict(lowering="collapsed")):
         assert not getattr(feascomp.compile(mlp, batch_size=8, steps=1, **kw).program, "fused", {}), kw
     # a plan whose dot asks for XLA's form (option kernel = "xla") keeps it out
     import dataclasses
@@ -202,7 +206,7 @@ def test_which_families_fuse():
     plan = feascomp.compile(mlp, batch_size=8, steps=1).plan
     families = tuple(dataclasses.replace(f, attrs=f.attrs + (("kernel", "xla"),)) if f.name == "logits" else f
                      for f in plan.families)
-    assert set(Program(dataclasses.replace(plan, families=families), fuse_dr=True).fused) == {"0"}
+    assert set(Program(dataclasses.replace(plan, families=families), fuse_dr=(0, 1)).fused) == {"0"}
 
 
 def test_without_a_compiler_dr_runs_xlas_step(tmp_path):

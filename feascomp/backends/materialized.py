@@ -82,7 +82,7 @@ class _FamilyInfo:
 
 class Program:
     def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None, schedule: str = "colours",
-                 elide_inputs: bool = False, fuse_dr: bool = False):
+                 elide_inputs: bool = False, fuse_dr: tuple[int, int] | None = None):
         self.plan = plan
         self.weighted = weighted
         self.info: dict[str, _FamilyInfo] = {}
@@ -128,8 +128,12 @@ class Program:
         if self.elided and len(self.classes) != 2:
             raise ValueError("input edges can be elided only under a two-colour schedule (AP)")
         self.dtype = next((f.type.np_dtype for f in plan.families if f.type.dtype != "i32"), np.dtype(np.float32))
-        # dense dot families whose DR step runs in the native kernel (dr_step)
-        self.fused: dict[str, _Fused] = self._fusable() if fuse_dr and schedule == "colours" and not self.elided else {}
+        # dense dot families whose DR step runs in the native kernel (dr_step); fuse_dr: the
+        # order of the two classes in the step (DR: (0, 1); DM with beta = 1, which is DR with
+        # r = 1/2 reflecting through P1 first: (1, 0)); None: nothing fused
+        self.fuse_order = fuse_dr
+        fusing = fuse_dr is not None and schedule == "colours" and not self.elided
+        self.fused: dict[str, _Fused] = self._fusable() if fusing else {}
         self.fused_edges = {e.key for f in self.fused.values() for e in (f.rows, f.cols)}
         # edges whose producer reads their sum (not a const's): carried in the state (SUM keys)
         # (second colour only: the first colour's producers read the reflected edges' sums,
@@ -145,7 +149,8 @@ class Program:
         if len(self.classes) != 2:
             return {}
         found = {}
-        for name in self.classes[0] + self.classes[1]:
+        before, after = (self.classes[c] for c in self.fuse_order)
+        for name in before + after:
             info = self.info[name]
             f = info.family
             if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) != 2:
@@ -157,7 +162,7 @@ class Program:
                 continue
             kinds = [e.map.src_axes if isinstance(e.map, BroadcastMap) else None for e in edges]
             if kinds == [(0, 2), (2, 1)]:
-                found[name] = _Fused(name, edges[0], edges[1], first=name in self.classes[0])
+                found[name] = _Fused(name, edges[0], edges[1], first=name in before)
         if found:
             from .. import kernels
 
@@ -355,15 +360,23 @@ class Program:
 
     # the fused DR step -------------------------------------------------------------------
     def fused_step(self, algorithm):
-        """A whole step for ``algorithm`` where this lowering has one (DR with fused dot
-        families: ``dr_step``), else None (the algorithm's own step over ``project``)."""
-        if self.fused and algorithm.name == "dr":
+        """A whole step for ``algorithm`` where this lowering has one (DR, or DM with
+        beta = 1, with fused dot families: ``dr_step``), else None (the algorithm's own step
+        over ``project``)."""
+        if not self.fused:
+            return None
+        if algorithm.name == "dr" and self.fuse_order == (0, 1):
             return lambda xp, z, data: self.dr_step(xp, z, data, algorithm.relaxation)
+        if algorithm.name == "dm" and algorithm.beta == 1.0 and self.fuse_order == (1, 0):
+            # z + P0(2 P1 z - z) - P1 z: DR with r = 1/2 and the classes swapped; its
+            # residual |P0(f1 z) - P1 z| is DR's |P1(R0 z) - P0 z| swapped alike
+            return lambda xp, z, data: self.dr_step(xp, z, data, 0.5)
         return None
 
     def fused_shadow(self, algorithm):
         """The shadow for reading parameters where this lowering computes it natively (DR
-        with fused families of the first colour: ``dr_shadow``), else None."""
+        with fused families of the first colour: ``dr_shadow``), else None (DM's shadow
+        P0(2 P1 z - z) runs the plain code)."""
         if algorithm.name == "dr" and any(f.first for f in self.fused.values()):
             return lambda xp, z, data: self.dr_shadow(xp, z, data)
         return None
@@ -392,7 +405,8 @@ class Program:
     def dr_step(self, xp, z: dict, data: dict, relaxation: float):
         """One DR step, z + 2r (P1(2 P0 z - z) - P0 z), with each fused dot family's input
         edges done by the native kernel instead of XLA's passes; the rest of the plan as in
-        the algorithm. Same iterates as algorithms.DouglasRachford.step
+        the algorithm. P0, P1 are the classes in ``fuse_order`` (DM with beta = 1 swaps
+        them). Same iterates as algorithms.DouglasRachford.step and DifferenceMap.step
         (tests/test_fused.py).
 
         A family of the second colour takes one pass (read once, written once, in place):
@@ -405,9 +419,10 @@ class Program:
         from .. import kernels
 
         r = relaxation
+        before, after = (self.classes[c] for c in self.fuse_order)  # P0, P1 in DR's terms
         first = [f for f in self.fused.values() if f.first]
         second = [f for f in self.fused.values() if not f.first]
-        p0 = self.project_families(xp, [n for n in self.classes[0] if n not in self.fused], z, data)
+        p0 = self.project_families(xp, [n for n in before if n not in self.fused], z, data)
         q = {}
         passes = {}
         for f in first:
@@ -420,7 +435,7 @@ class Program:
             q[SUM + f.rows.key] = sa  # the reflected edges' sums, for their producers' P1
             q[SUM + f.cols.key] = self._group_sum(xp, sb)
         q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in self.fused_edges})
-        p1 = self.project_families(xp, [n for n in self.classes[1] if n not in self.fused], q, data)
+        p1 = self.project_families(xp, [n for n in after if n not in self.fused], q, data)
         new: dict = {}
         moved = 0.0  # a Python float: the sums below give it their dtype
         for f in second:

@@ -1,11 +1,12 @@
 """Native kernels: XLA FFI custom calls for CPU, compiled from C++ on first use.
 
-One library so far, ``dot_project.cc``, with two kernels: the fused dot projection, and one
-Douglas-Rachford step on a dense dot family's input edges (the materialized lowering's fused
-path). Each does what XLA on CPU cannot fuse (several outputs written in one pass,
-reductions that read their producers) in one pass over cache-sized blocks of rows. The C++ mirrors ``feascomp/primitives/dot.py``,
-which stays the reference (and the fallback): tests/test_kernels.py checks them against
-each other.
+One library so far, ``dot_project.cc``: the fused dot projection; the Douglas-Rachford step
+on a dense dot family's input edges (one pass in the second colour, two in the first: the
+materialized lowering's fused path); and ``fill``, which writes a forward pass's edge copies
+into donated buffers. Each does what XLA on CPU cannot fuse (several outputs written in one
+pass, reductions that read their producers) in one pass over cache-sized blocks of rows.
+The C++ mirrors ``feascomp/primitives/dot.py``, which stays the reference (and the
+fallback): tests/test_kernels.py and tests/test_fused.py check them against each other.
 
 Build: the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against
 the XLA FFI headers that jaxlib ships, into a cache folder (``$FEASCOMP_CACHE`` or
