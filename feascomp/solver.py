@@ -177,7 +177,7 @@ class Solver:
             # the fused DR step's class order: DM with beta = 1 is DR (r = 1/2) through P1 first
             dm_order = (1, 0) if getattr(algorithm, "beta", None) == 1.0 else None
             order = {"dr": (0, 1), "dm": dm_order}.get(algorithm.name)
-            extra = dict(fuse_dr=order if fuse_kernels and backend == "jax" else None)
+            extra = dict(fuse_order=order if fuse_kernels and backend == "jax" else None)
         self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
                                elide_inputs=self.elide_inputs, **extra)
         if not algorithm.uses_layers and len(self.program.colours) != 2:

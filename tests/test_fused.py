@@ -2,8 +2,6 @@
 as the algorithm's own step over ``project``, which stays the reference; and the kernels
 themselves against a NumPy form built from the dot primitive's reference projection."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -206,21 +204,4 @@ def test_which_families_fuse():
     plan = feascomp.compile(mlp, batch_size=8, steps=1).plan
     families = tuple(dataclasses.replace(f, attrs=f.attrs + (("kernel", "xla"),)) if f.name == "logits" else f
                      for f in plan.families)
-    assert set(Program(dataclasses.replace(plan, families=families), fuse_dr=(0, 1)).fused) == {"0"}
-
-
-def test_without_a_compiler_dr_runs_xlas_step(tmp_path):
-    """No compiler: nothing is fused, and DR trains with XLA's code (a fresh process)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        "import numpy as np, feascomp\n"
-        f"s = feascomp.compile({os.path.join(root, 'examples', 'mnist_mlp.fc')!r}, batch_size=4, steps=2)\n"
-        "print(len(s.program.fused))\n"
-        "rng = np.random.default_rng(0)\n"
-        "p, st, info = s.update(s.init(s.init_params(0)), rng.random((4, 784)), rng.integers(0, 10, 4))\n"
-        "print(bool(np.all(np.isfinite(np.asarray(info['residual'])))))\n"
-    )
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FEASCOMP_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "True"]
+    assert set(Program(dataclasses.replace(plan, families=families), fuse_order=(0, 1)).fused) == {"0"}

@@ -132,8 +132,8 @@ def test_kernel_under_vmap_and_leading_axes():
 
 
 def test_without_a_compiler_the_xla_form_is_used(tmp_path):
-    """No compiler: load() says why, and projections run XLA's form (a fresh process, since
-    a process loads the kernel once)."""
+    """No compiler: load() says why, projections run XLA's form, and DR fuses nothing and
+    trains with XLA's step (a fresh process, since a process loads the kernel once)."""
     code = (
         "import numpy as np, jax.numpy as jnp, feascomp.primitives as P\n"
         "from feascomp import kernels\n"
@@ -143,13 +143,19 @@ def test_without_a_compiler_the_xla_form_is_used(tmp_path):
         "(a, b), z = P.get('dot').project((jnp.asarray(a0), jnp.asarray(b0)), jnp.asarray(z0))\n"
         "(ra, rb), rz = P.get('dot').project((a0, b0), z0)\n"
         "print(float(np.max(np.abs(np.asarray(z) - rz))))\n"
+        "import feascomp\n"
+        "s = feascomp.compile('examples/mnist_mlp.fc', batch_size=4, steps=2)\n"
+        "p, st, info = s.update(s.init(s.init_params(0)), rng.random((4, 784)), rng.integers(0, 10, 4))\n"
+        "print(len(s.program.fused), bool(np.all(np.isfinite(np.asarray(info['residual'])))))\n"
     )
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "FEASCOMP_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr
-    loaded, status, err = out.stdout.strip().splitlines()
+    loaded, status, err, fused = out.stdout.strip().splitlines()
     assert loaded == "False" and status.startswith("unavailable: no C++ compiler")
     assert float(err) < 1e-4
+    assert fused == "0 True"
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.so"))
 
 

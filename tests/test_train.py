@@ -44,6 +44,7 @@ def test_cli_trains_digits_by_dr_saves_and_evaluates(tmp_path, capsys):
     assert report["steps"] == 25 * 50 and report["algorithm"] == "dr" and report["dataset"] == "digits"
     assert report["test_accuracy"] >= 0.80, report
     assert report["seconds_per_step"] > 0 and report["compile_seconds"] > 0
+    assert report["fused_families"] == ["0", "logits"]  # DR's dense layers run the native step
     params = load_params(str(out))
     assert set(params) == {"W1", "b1", "W2"} and params["W1"].shape == (64, 32)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".feascomp-")]  # no temporary left
@@ -113,11 +114,13 @@ def test_float64_run_is_explicit():
 
 
 def test_sign_network_trains_by_dr(digits, capsys):
-    """Sign activations are non-differentiable everywhere; DR still trains them."""
+    """Sign activations are non-differentiable everywhere; DR still trains them (here with
+    XLA's code throughout: --no-fuse-kernels)."""
     code = main(["train", "examples/digits_sign.fc", "--dataset", "digits", "--batch-size", "64",
-                 "--updates", "30", "--seed", "0", "--json"])
+                 "--updates", "30", "--seed", "0", "--json", "--no-fuse-kernels"])
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["fused_families"] == []
     print(f"sign network: test accuracy {report['test_accuracy']:.3f}")
     assert report["test_accuracy"] >= 0.50
 

@@ -82,7 +82,7 @@ class _FamilyInfo:
 
 class Program:
     def __init__(self, plan: FeasModule, *, weighted: bool = False, loss_options: dict | None = None, schedule: str = "colours",
-                 elide_inputs: bool = False, fuse_dr: tuple[int, int] | None = None):
+                 elide_inputs: bool = False, fuse_order: tuple[int, int] | None = None):
         self.plan = plan
         self.weighted = weighted
         self.info: dict[str, _FamilyInfo] = {}
@@ -128,11 +128,11 @@ class Program:
         if self.elided and len(self.classes) != 2:
             raise ValueError("input edges can be elided only under a two-colour schedule (AP)")
         self.dtype = next((f.type.np_dtype for f in plan.families if f.type.dtype != "i32"), np.dtype(np.float32))
-        # dense dot families whose DR step runs in the native kernel (dr_step); fuse_dr: the
+        # dense dot families whose DR step runs in the native kernel (dr_step); fuse_order: the
         # order of the two classes in the step (DR: (0, 1); DM with beta = 1, which is DR with
         # r = 1/2 reflecting through P1 first: (1, 0)); None: nothing fused
-        self.fuse_order = fuse_dr
-        fusing = fuse_dr is not None and schedule == "colours" and not self.elided
+        self.fuse_order = fuse_order
+        fusing = fuse_order is not None and schedule == "colours" and not self.elided
         self.fused: dict[str, _Fused] = self._fusable() if fusing else {}
         self.fused_edges = {e.key for f in self.fused.values() for e in (f.rows, f.cols)}
         # edges whose producer reads their sum (not a const's): carried in the state (SUM keys)
@@ -208,8 +208,10 @@ class Program:
 
     def combine(self, xp, data: dict, fn, *states) -> dict:
         """``fn`` (linear) applied to states leaf by leaf (the algorithms' arithmetic); a
-        carried sum (SUM keys) only where every state has it."""
-        return {k: fn(*(s[k] for s in states)) for k in states[0] if all(k in s for s in states[1:])}
+        carried sum (SUM keys) only where every state has it (a projection drops the sums of
+        the edges it rewrites)."""
+        return {k: fn(*(s[k] for s in states)) for k in states[0]
+                if not k.startswith(SUM) or all(k in s for s in states[1:])}
 
     def write_slot(self, c: int, step, call: int):
         """Where a projection puts the values it writes: one place per edge here (the

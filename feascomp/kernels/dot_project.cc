@@ -561,90 +561,42 @@ ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, f
   T* po = out->typed_data();
   const int64_t G = std::min<int64_t>(N, 16), per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    for (int64_t i = std::min(N, g * per); i < std::min(N, (g + 1) * per); ++i)
-      for (int64_t j = 0; j < m; ++j) std::copy(ps + (by_row ? i : j) * n, ps + (by_row ? i : j) * n + n, po + (i * m + j) * n);
+    for (int64_t i = std::min(N, g * per); i < std::min(N, (g + 1) * per); ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        const T* row = ps + (by_row ? i : j) * n;
+        std::copy(row, row + n, po + (i * m + j) * n);
+      }
+    }
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-// One handler per dtype: four [.., n] / [..] arguments, three results.
-#define FEASCOMP_DOT_PROJECT_HANDLER(symbol, T, D)                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (project<T, D>),                                                 \
-                                ffi::Ffi::Bind()                                                          \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>());
+// The handlers' bindings: A buffer arguments and R buffer results, all of dtype D (written
+// out by the preprocessor: a Binding is only built in one chained expression).
+#define FEASCOMP_ARG(D) .Arg<ffi::Buffer<D>>()
+#define FEASCOMP_RET(D) .Ret<ffi::Buffer<D>>()
+#define FEASCOMP_REP1(X, D) X(D)
+#define FEASCOMP_REP2(X, D) FEASCOMP_REP1(X, D) X(D)
+#define FEASCOMP_REP3(X, D) FEASCOMP_REP2(X, D) X(D)
+#define FEASCOMP_REP4(X, D) FEASCOMP_REP3(X, D) X(D)
+#define FEASCOMP_REP5(X, D) FEASCOMP_REP4(X, D) X(D)
+#define FEASCOMP_REP6(X, D) FEASCOMP_REP5(X, D) X(D)
+#define FEASCOMP_REP7(X, D) FEASCOMP_REP6(X, D) X(D)
 
-FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f32, float, ffi::F32)
-FEASCOMP_DOT_PROJECT_HANDLER(feascomp_dot_project_f64, double, ffi::F64)
+// One handler per kernel and dtype: symbol, implementation, arguments, results.
+#define FEASCOMP_HANDLER(symbol, impl, T, D, A, R) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (impl<T, D>),    \
+                                ffi::Ffi::Bind() FEASCOMP_REP##A(FEASCOMP_ARG, D) FEASCOMP_REP##R(FEASCOMP_RET, D));
 
-// The fused DR step: seven arguments, six results.
-#define FEASCOMP_DOT_DR_HANDLER(symbol, T, D)                                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_step<T, D>),                                                 \
-                                ffi::Ffi::Bind()                                                          \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>());
-
-FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f32, float, ffi::F32)
-FEASCOMP_DOT_DR_HANDLER(feascomp_dot_dr_step_f64, double, ffi::F64)
-
-// The first-colour DR step's two passes: five arguments and four results, six and three.
-#define FEASCOMP_DOT_DR_PROJECT_HANDLER(symbol, T, D)                                                     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_project<T, D>),                                              \
-                                ffi::Ffi::Bind()                                                          \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>());
-
-FEASCOMP_DOT_DR_PROJECT_HANDLER(feascomp_dot_dr_project_f32, float, ffi::F32)
-FEASCOMP_DOT_DR_PROJECT_HANDLER(feascomp_dot_dr_project_f64, double, ffi::F64)
-
-#define FEASCOMP_DOT_DR_UPDATE_HANDLER(symbol, T, D)                                                      \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (dr_update<T, D>),                                               \
-                                ffi::Ffi::Bind()                                                          \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>());
-
-FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f32, float, ffi::F32)
-FEASCOMP_DOT_DR_UPDATE_HANDLER(feascomp_dot_dr_update_f64, double, ffi::F64)
-
-#define FEASCOMP_FILL_HANDLER(symbol, T, D)                                                               \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (fill<T, D>),                                                    \
-                                ffi::Ffi::Bind()                                                          \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Arg<ffi::Buffer<D>>()                                                \
-                                    .Ret<ffi::Buffer<D>>());
-
-FEASCOMP_FILL_HANDLER(feascomp_fill_f32, float, ffi::F32)
-FEASCOMP_FILL_HANDLER(feascomp_fill_f64, double, ffi::F64)
+FEASCOMP_HANDLER(feascomp_dot_project_f32, project, float, ffi::F32, 4, 3)
+FEASCOMP_HANDLER(feascomp_dot_project_f64, project, double, ffi::F64, 4, 3)
+FEASCOMP_HANDLER(feascomp_dot_dr_step_f32, dr_step, float, ffi::F32, 7, 6)
+FEASCOMP_HANDLER(feascomp_dot_dr_step_f64, dr_step, double, ffi::F64, 7, 6)
+FEASCOMP_HANDLER(feascomp_dot_dr_project_f32, dr_project, float, ffi::F32, 5, 4)
+FEASCOMP_HANDLER(feascomp_dot_dr_project_f64, dr_project, double, ffi::F64, 5, 4)
+FEASCOMP_HANDLER(feascomp_dot_dr_update_f32, dr_update, float, ffi::F32, 6, 3)
+FEASCOMP_HANDLER(feascomp_dot_dr_update_f64, dr_update, double, ffi::F64, 6, 3)
+FEASCOMP_HANDLER(feascomp_fill_f32, fill, float, ffi::F32, 3, 1)
+FEASCOMP_HANDLER(feascomp_fill_f64, fill, double, ffi::F64, 3, 1)
