@@ -53,7 +53,7 @@ class FeascompError(Exception):
 
 def loc_in(file: str, text: str, line: int, col: int) -> Loc:
     """A Loc carrying the source line, for the caret display."""
-    lines = text.splitlines()
+    lines = text.split("\n")  # as the parsers count lines (str.splitlines also breaks at \f, \v, ...)
     src = lines[line - 1] if 0 < line <= len(lines) else None
     return Loc(file, line, col, src)
 

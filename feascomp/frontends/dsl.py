@@ -42,6 +42,9 @@ STRUCTURAL = {
 }
 # DSL keyword -> primitive option name (``lambda`` is reserved in Python).
 OPTION_ALIASES = {"lambda": "lam"}
+# How deeply expressions may nest (calls in calls, long chains of + or @): lowering walks
+# them recursively, and a model this deep is a generated or broken file, not a network.
+MAX_NESTING = 200
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +65,8 @@ def read_source(path: str) -> str:
             data = fh.read()
     except OSError as e:
         raise FeascompError(f"cannot read file: {e.strerror}", where) from None
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some Windows editors write
+        data = data[3:]
     if b"\x00" in data:
         raise FeascompError("binary file (contains NUL bytes), not a model file", where)
     try:
@@ -84,15 +89,31 @@ def parse_model(text: str, file: str = "<model>") -> TensorModule:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
     except lark.exceptions.UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
+    _check_nesting(tree, text, file)
     module = _Lower(text, file).module(tree)
     verify(module)
     return module
 
 
+def _check_nesting(tree, text: str, file: str) -> None:
+    """Refuse expressions nested deeper than MAX_NESTING (found without recursion)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            raise FeascompError(f"expression nested too deeply (more than {MAX_NESTING} levels of calls or operators)",
+                                loc_in(file, text, getattr(meta, "line", 1), getattr(meta, "column", 1)))
+        inner = depth + 1 if node.data in ("add", "matmul", "call") else depth
+        stack.extend((c, inner) for c in node.children if isinstance(c, lark.Tree))
+
+
 def _syntax_error(e, text, file) -> FeascompError:
     line, col = getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
-        msg = f"unexpected character {text.splitlines()[line - 1][col - 1]!r}" if line <= len(text.splitlines()) else "unexpected character"
+        lines = text.split("\n")
+        here = lines[line - 1][col - 1 : col] if line <= len(lines) else ""
+        msg = f"unexpected character {here!r}" if here else "unexpected character"
     elif isinstance(e, lark.exceptions.UnexpectedToken):
         tok = e.token
         if tok.type == "$END":
@@ -147,9 +168,9 @@ class _Lower:
             if stmt is not None:
                 getattr(self, stmt.data)(stmt)
         if not any(op.opname == "output" for op in self.ops):
-            raise FeascompError("the model has no `output` statement", Loc(self.file, 1, 1, self.text.splitlines()[0]))
+            raise FeascompError("the model has no `output` statement", loc_in(self.file, self.text, 1, 1))
         if not any(op.opname == "loss" for op in self.ops):
-            raise FeascompError("the model has no `loss` statement", Loc(self.file, 1, 1, self.text.splitlines()[0]))
+            raise FeascompError("the model has no `loss` statement", loc_in(self.file, self.text, 1, 1))
         return TensorModule(self.name, tuple(self.ops))
 
     # statements -------------------------------------------------------------------------
@@ -181,7 +202,7 @@ class _Lower:
         self._define(name, t, Op("input", str(name), (), (), t, self.loc(st)))
 
     def param_decl(self, st):
-        name, ty, init = st.children
+        name, ty, init = (list(st.children) + [None])[:3]  # `= init` is optional
         t = self._type(ty)
         init_name = str(init) if init is not None else "zeros"
         from ..ir.tensor import INITIALIZERS
@@ -195,7 +216,7 @@ class _Lower:
         self.expr(expr, result=name)
 
     def output_stmt(self, st):
-        name, expr = st.children
+        name, expr = (list(st.children) + [None])[:2]  # `output name` or `output name = expr`
         if expr is not None:
             self.expr(expr, result=name)
         elif str(name) not in self.types:
@@ -224,6 +245,10 @@ class _Lower:
             opt = OPTION_ALIASES.get(str(key), str(key))
             v = _literal(val)
             attrs.append((opt, float(v) if isinstance(v, int) and opt == "lam" else v))
+            try:  # each option's name and type, at its keyword
+                get(str(kind), **{opt: attrs[-1][1]})
+            except ValueError as e:
+                raise self.err(str(e), kw) from None
         try:
             prim = get(str(kind), **dict(attrs[1:]))
         except ValueError as e:
@@ -290,6 +315,11 @@ class _Lower:
                 raise self.err(f"unknown function {name!r}; available: {', '.join(available)}", fn)
             operands = [self.expr(a) for a in positional]
             attrs = tuple((OPTION_ALIASES.get(str(k.children[0]), str(k.children[0])), _literal(k.children[1])) for k in kwargs)
+            for kw, (key, value) in zip(kwargs, attrs):  # each option's name and type, at its keyword
+                try:
+                    primitive_op(name).with_options(**{key: value})
+                except ValueError as e:
+                    raise self.err(str(e), kw) from None
             return self._emit(name, operands, node, result, attrs)
         if node.data == "kwarg":
             raise self.err("a keyword argument is only allowed in a call", node)

@@ -405,10 +405,12 @@ def verify(module: TensorModule) -> None:
             raise FeascompError(f"embed's token ids must be a model input, not %{op.operands[0]}", where)
     outs = module.by_kind("output")
     losses = module.by_kind("loss")
+    whole = next((op.loc for op in module.ops if op.loc is not None), None)  # the model's file
+    whole = Loc(whole.file, 1, 1) if whole is not None else Loc(module.name)
     if len(outs) != 1:
-        raise FeascompError(f"a model needs exactly one output, found {len(outs)}", Loc(module.name))
+        raise FeascompError(f"a model needs exactly one output, found {len(outs)}", outs[1].loc if outs else whole)
     if len(losses) != 1:
-        raise FeascompError(f"a model needs exactly one loss, found {len(losses)}", Loc(module.name))
+        raise FeascompError(f"a model needs exactly one loss, found {len(losses)}", losses[1].loc if losses else whole)
     if defined[outs[0].operands[0]].rank != 1:
         raise FeascompError(
             f"the output must be a vector of logits, got {defined[outs[0].operands[0]]}", outs[0].loc

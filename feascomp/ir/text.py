@@ -144,7 +144,14 @@ def parse_ir(text: str, file: str = "<ir>") -> TensorModule | FeasModule:
     except lark.exceptions.UnexpectedInput as e:
         line, col = getattr(e, "line", 0) or 0, getattr(e, "column", 0) or 0
         tok = getattr(e, "token", None)
-        what = f"unexpected {tok!r}" if tok is not None else "unexpected input"
+        if tok is not None and getattr(tok, "type", None) == "$END":
+            what = "unexpected end of file"
+        elif tok is not None:
+            what = f"unexpected {str(tok)!r}"
+        elif isinstance(e, lark.exceptions.UnexpectedCharacters):
+            what = f"unexpected character {e.char!r}"
+        else:
+            what = "unexpected input"
         raise FeascompError(f"IR syntax error: {what}", loc_in(file, text, line, col)) from None
     tree = _Build().transform(tree)
     mod = tree.children[0]

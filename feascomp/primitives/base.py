@@ -21,6 +21,8 @@ NumPy oracle and the JAX backend run the same arithmetic. Leading axes are node 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +55,22 @@ def while_loop(xp, cond: Callable, body: Callable, state):
 
 def eps(dtype) -> float:
     return float(np.finfo(np.dtype(dtype)).eps)
+
+
+def _option_type_error(default, value) -> str | None:
+    """What an option's value must be, judged by its default's type (a float option takes
+    any finite number, an integer one a whole number, a string one a string), or None."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, numbers.Integral):
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return None if ok else "a whole number"
+    if isinstance(default, numbers.Real):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +108,15 @@ class Primitive:
                 f"primitive {self.name!r} has no option(s) {sorted(unknown)}; "
                 f"it takes {sorted(self.defaults) or 'none'}"
             )
+        for key, value in options.items():
+            problem = _option_type_error(self.defaults[key], value)
+            if problem:
+                raise ValueError(f"{self.name}: option {key} must be {problem}, got {value!r}")
         merged = {**self.defaults, **self.options, **options}
+        rule = getattr(self, "options_rule", None)
+        problem = rule(merged) if rule is not None else None
+        if problem:
+            raise ValueError(problem)
         return dataclasses.replace(self, options=MappingProxyType(merged))
 
     @property
@@ -137,6 +163,9 @@ class LossPrimitive:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     doc: str = ""
     kind: str = "loss"
+    # optional: options_rule(options) -> an error text or None (a loss has no ports, so no
+    # shape rule: this is where its options' values are checked)
+    options_rule: Callable | None = None
 
     with_options = Primitive.with_options
     opts = Primitive.opts

@@ -91,12 +91,21 @@ def prox_cross_entropy(xp, opts, x0, y):
     return x
 
 
+def _check_cross_entropy(opts):
+    if opts["method"] not in ("newton", "fixed_point"):
+        return f"cross_entropy method must be 'newton' or 'fixed_point', not {opts['method']!r}"
+    if opts["iterations"] < 1:
+        return f"cross_entropy iterations must be at least 1, got {opts['iterations']}"
+    return None
+
+
 cross_entropy = register(
     LossPrimitive(
         name="cross_entropy",
         forward_rule=forward_cross_entropy,
         prox_rule=prox_cross_entropy,
         defaults={"lam": 5.0, "method": "newton", "iterations": 10},
+        options_rule=_check_cross_entropy,
         doc="prox of λ·CE(logits, y); Theorem 11",
     )
 )
