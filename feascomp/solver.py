@@ -24,6 +24,8 @@ from .ir import FeasModule, TensorModule, print_feasibility, print_tensor
 from .ir.text import print_plan
 from .ir.tensor import evaluate
 from .passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
+from . import resources
+from .resources import MemoryEstimate
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 STAGES = ("tensor", "feasibility", "plan")
@@ -49,6 +51,21 @@ def load_model(model) -> TensorModule:
     raise TypeError(f"cannot compile a {type(model).__name__}; give a .fc path or a TensorModule")
 
 
+def model_loc(tensor: TensorModule):
+    """Where a model as a whole is: the file its first statement came from (line 1), or
+    None for a model built in Python."""
+    from .errors import Loc, loc_in
+
+    where = next((op.loc for op in tensor.ops if op.loc is not None), None)
+    if where is None or not where.file:
+        return None
+    try:
+        with open(where.file, encoding="utf-8-sig") as fh:
+            return loc_in(where.file, fh.read(), 1, 1)
+    except (OSError, UnicodeDecodeError):
+        return Loc(where.file)
+
+
 def compile(  # noqa: A001  (the public name users expect)
     model,
     params=None,
@@ -71,6 +88,7 @@ def compile(  # noqa: A001  (the public name users expect)
     elide_inputs: bool = True,
     lowering: str = "materialized",
     fuse_kernels: bool = True,
+    max_memory: int | None = None,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -87,7 +105,9 @@ def compile(  # noqa: A001  (the public name users expect)
     ``fuse_kernels``: under DR (or DM with beta = 1) with the materialized lowering on the
     jax backend, run each dense layer's step on its input edges in native kernels
     (feascomp/kernels) where they build -- the same iterates, several times faster; False
-    keeps XLA's code throughout.
+    keeps XLA's code throughout. ``max_memory``: bytes the run may take (its estimated
+    peak, :attr:`Solver.memory`, is checked against it and the memory available before
+    anything large is allocated; feascomp/resources.py).
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -126,12 +146,17 @@ def compile(  # noqa: A001  (the public name users expect)
     def record(p, module):
         stages[p.output_stage] = module
 
-    plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
-    if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
-        raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
-    solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                    warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
-                    fuse_kernels=fuse_kernels)
+    try:
+        plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
+        if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
+            raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
+        solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
+                        warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
+                        fuse_kernels=fuse_kernels, max_memory=max_memory)
+    except FeascompError as e:
+        if e.loc is None:  # an error of the whole model: name its file
+            e.loc = model_loc(tensor)
+        raise
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
     return solver
@@ -142,7 +167,8 @@ LOWERINGS = ("materialized", "collapsed")
 
 class Solver:
     def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
-                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized", fuse_kernels=True):
+                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized", fuse_kernels=True,
+                 max_memory=None):
         from . import backends
         from .backends.collapsed import CollapsedProgram
         from .backends.materialized import Program
@@ -190,7 +216,9 @@ class Solver:
             algorithm = dataclasses.replace(algorithm, classes=len(self.program.classes))
         self.algorithm = algorithm
         if len(self.program.consts) != 1:
-            raise FeascompError(f"a model needs exactly one input, found {len(self.program.consts)}")
+            inputs = tensor.by_kind("input")
+            raise FeascompError(f"a model needs exactly one input, found {len(self.program.consts)}",
+                                inputs[1].loc if len(inputs) > 1 else None)
         self.batch_size = int(plan.attr("batch"))
         self.input_name = self.program.consts[0]
         self.input_shape = plan.family(self.input_name).type.shape[1:]
@@ -200,6 +228,14 @@ class Solver:
         self.input_dtype = np.dtype(np.int32) if self.tokens else self.np_dtype
         self.vocab = min((tensor.types()[op.operands[1]].shape[0] for op in tensor.by_kind("embed")), default=None)
         self.num_classes = plan.family(self.program.target).port_length("logits")
+        itemsize = self.np_dtype.itemsize
+        self.memory = MemoryEstimate(
+            edge_state=self.program.state_bytes(itemsize),
+            params=sum(op.type.size * itemsize for op in tensor.by_kind("param")),
+            families=tuple(self.program.family_state_bytes(itemsize).items()),
+        )
+        self.max_memory = max_memory
+        self._memory_checked = False
         self.backend = backends.load(backend)(self)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
@@ -242,6 +278,8 @@ class Solver:
         out = {}
         for op in self.tensor.by_kind("param"):
             shape, init = op.type.shape, op.attr("init", "zeros")
+            # drawn in float64, then cast
+            resources.check_param(op.result, shape, 8 + self.np_dtype.itemsize, op.loc)
             # fan-in: every axis but the last (a dense W[in, out]: in; a conv kernel
             # [kh, kw, in, out] (HWIO): kh * kw * in)
             fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else (shape[0] if shape else 1)
@@ -293,20 +331,38 @@ class Solver:
                 f"{[self.batch_size, *self.input_shape]} (compile again for another batch size)"
             )
         y = np.asarray(y)
+        if y.shape[:1] != (self.batch_size,) or y.ndim not in (1, 2):
+            raise FeascompError(f"labels have shape {list(y.shape)}; this batch needs {self.batch_size} class indices "
+                                f"or one-hot rows of {self.num_classes}")
         if y.ndim == 1:
+            if y.size and (not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= self.num_classes):
+                raise FeascompError(f"labels must be class indices in [0, {self.num_classes}) (the model's "
+                                    f"{self.num_classes} logits); the batch holds {y.min()}..{y.max()}")
             onehot = np.eye(self.num_classes, dtype=dt)[y.astype(int)]
+        elif y.shape[1] != self.num_classes:
+            raise FeascompError(f"one-hot labels have {y.shape[1]} columns; the model has {self.num_classes} logits")
         else:
             onehot = y.astype(dt)
         return x, onehot
 
+    def check_memory(self) -> None:
+        """Refuse (FeascompError) a run whose estimated peak (:attr:`memory`) exceeds
+        ``max_memory`` or the memory available; done once, before the first update
+        allocates its state."""
+        if not self._memory_checked:
+            resources.check(self.memory, self.max_memory, batch_size=self.batch_size, where=model_loc(self.tensor))
+            self._memory_checked = True
+
     def compile_update(self, params=None) -> float:
         """Do the backend's ahead-of-time work (JAX: trace and compile); returns seconds."""
+        self.check_memory()
         return self.backend.compile(params if params is not None else self.init_params(0))
 
     def update(self, state: SolverState, x, y):
         """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
         Returns (params, state, info); info["residual"] holds one residual per step."""
         x, onehot = self._batch(x, y)
+        self.check_memory()
         params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.warm_start else None)
         info = {"residual": residuals["step"]}
         if "family" in residuals:
@@ -337,6 +393,16 @@ class Solver:
         if stage == "plan":
             return print_plan(module)
         return print_feasibility(module, "feasibility")
+
+    def memory_summary(self) -> str:
+        """The memory estimate as IR comment lines (``feascomp dump --stage plan`` ends with
+        them): per family as this lowering stores it, and the run's estimated peak."""
+        m = self.memory
+        lines = [f"// memory at batch {self.batch_size} ({self.algorithm.name}, {self.lowering} lowering, {self.dtype}): "
+                 f"edge state {m.edge_state} B, XLA temporaries ~{m.temporaries} B, parameters {m.params} B; "
+                 f"estimated peak {resources.fmt_bytes(m.peak)}"]
+        lines += [f"//   %{name}: {nbytes} B" for name, nbytes in m.families if nbytes]
+        return "\n".join(lines) + "\n"
 
     @property
     def state_bytes(self) -> int:

@@ -523,16 +523,21 @@ class CollapsedProgram(Program):
         return xp.sqrt(sq)
 
     # sizes ----------------------------------------------------------------------------------------
-    def state_bytes(self, itemsize: int | None = None) -> int:
+    def family_state_bytes(self, itemsize: int | None = None) -> dict[str, int]:
+        """As stored: a collapsed family's coefficients, cached products and slot values
+        instead of its in-edges."""
         size = itemsize or np.dtype(self.dtype).itemsize
-        count = sum(math.prod(e.type.shape) for e in self.plan.edges
-                    if e.key not in self.elided and e.key not in self.collapsed_edges)
+        out = super().family_state_bytes(itemsize)
         for c in self.collapsed.values():
-            count += len(c.edges) * c.terms * math.prod(c.node_shape)
-            sizes = [(s, c.labels[k]) for k, s in enumerate(c.slots)] + [(1, c.port)]
-            shape = dict(zip(c.node, c.node_shape))
-            count += sum(si * sj * math.prod(shape[x] for x in c.out_labels(li, lj))
-                         for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes) if i <= j and not i == j == len(c.edges))
-            count += sum(s * math.prod(self.info[e.src].family.type.shape)
-                         for e, s in zip(c.edges, c.slots) if self.info[e.src].family.kind != "const")
-        return count * size
+            out[c.name] = self._collapsed_count(c) * size
+        return out
+
+    def _collapsed_count(self, c: _Collapsed) -> int:
+        count = len(c.edges) * c.terms * math.prod(c.node_shape)
+        sizes = [(s, c.labels[k]) for k, s in enumerate(c.slots)] + [(1, c.port)]
+        shape = dict(zip(c.node, c.node_shape))
+        count += sum(si * sj * math.prod(shape[x] for x in c.out_labels(li, lj))
+                     for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes) if i <= j and not i == j == len(c.edges))
+        count += sum(s * math.prod(self.info[e.src].family.type.shape)
+                     for e, s in zip(c.edges, c.slots) if self.info[e.src].family.kind != "const")
+        return count

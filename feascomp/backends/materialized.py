@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.feasibility import BroadcastMap, Edge, Family, FeasModule
+from ..ir.feasibility import BroadcastMap, ChainMap, Edge, Family, FeasModule
 from ..primitives import get
 
 DEGREE = "__degree__:"  # data key of a family's out-degree counted per batch (with_degrees)
@@ -78,6 +78,22 @@ class _FamilyInfo:
         """Some (not all) nodes may have no outgoing edge (a pixel a stride skips, an
         embedding row no token of the batch names)."""
         return self.runtime or (not isinstance(self.degree, float) and bool(np.any(self.degree == 0)))
+
+
+def _copies(e: Edge, src_shape) -> Any:
+    """map_e^T applied to ones: how many edge entries copy each producer entry. Computed
+    without materializing the edge (a dense layer's copies are as large as its state): the
+    final broadcast copies uniformly, the structural steps before it (windows, slices, ...)
+    are transposed on ones of their (smaller) shape."""
+    final = e.map.final if isinstance(e.map, ChainMap) else e.map
+    copies = float(math.prod(n for a, n in enumerate(e.type.shape) if a not in final.src_axes))
+    if not isinstance(e.map, ChainMap):
+        return copies
+    shapes = e.map.shapes(src_shape)
+    y = np.full(shapes[-1], copies)
+    for step, shape in zip(reversed(e.map.steps), reversed(shapes[:-1])):
+        y = step.transpose(np, y, shape, None)
+    return y
 
 
 class Program:
@@ -176,9 +192,12 @@ class Program:
             return 0.0
         if any(e.map.runtime for e in out):
             return None
-        deg = np.zeros(f.type.shape)
+        deg = 0.0
         for e in out:
-            deg = deg + e.map.transpose(np, np.ones(e.type.shape), f.type.shape)
+            deg = deg + _copies(e, f.type.shape)
+        if isinstance(deg, float):  # every out-edge a plain broadcast: uniform
+            return deg
+        deg = np.broadcast_to(deg, f.type.shape)
         flat = deg.reshape(-1)
         if flat.size and np.all(flat == flat[0]):
             return float(flat[0])
@@ -203,8 +222,17 @@ class Program:
 
     # sizes -------------------------------------------------------------------------------
     def state_bytes(self, itemsize: int | None = None) -> int:
+        return sum(self.family_state_bytes(itemsize).values())
+
+    def family_state_bytes(self, itemsize: int | None = None) -> dict[str, int]:
+        """The state each family's in-edges take as stored (elided inputs take none), in
+        plan order."""
         size = itemsize or np.dtype(self.dtype).itemsize
-        return sum(math.prod(e.type.shape) for e in self.plan.edges if e.key not in self.elided) * size
+        out = {f.name: 0 for f in self.plan.families}
+        for e in self.plan.edges:
+            if e.key not in self.elided:
+                out[e.dst] += math.prod(e.type.shape) * size
+        return out
 
     def combine(self, xp, data: dict, fn, *states) -> dict:
         """``fn`` (linear) applied to states leaf by leaf (the algorithms' arithmetic); a
