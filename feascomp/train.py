@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from . import numerics
 from .data import Dataset, batches
 from .errors import FeascompError
 
@@ -18,10 +19,14 @@ def peak_rss_mb() -> float:
 
 
 def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int = 10, progress: bool = True,
-          history: list | None = None) -> tuple[dict, dict]:
+          history: list | None = None,
+          on_divergence: str = "the run stopped there; its parameters were not returned") -> tuple[dict, dict]:
     """Train from the model's initialisers; returns (params, report). If ``history`` is a
     list, one dict per projection step is appended (update, step, residual, family
-    distances when the solver monitors, test accuracy at evaluation points)."""
+    distances when the solver monitors, test accuracy at evaluation points).
+
+    An update whose state becomes NaN or Inf raises :class:`numerics.Diverged` naming the
+    family and step where it started (``on_divergence``: the note it carries)."""
     import jax
 
     if updates < 1:
@@ -36,12 +41,14 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     for u in range(1, updates + 1):
         idx = next(order)
         t0 = time.perf_counter()
+        before = state
         params, state, info = solver.update(state, ds.x_train[idx], ds.y_train[idx])
         jax.block_until_ready(params)
         timed += time.perf_counter() - t0
+        if not numerics.finite(info, params):
+            where = numerics.locate(solver, before.params, ds.x_train[idx], ds.y_train[idx])
+            raise numerics.Diverged(u, where, solver.steps, on_divergence)
         residual = float(info["residual"][-1])
-        if not np.isfinite(residual):
-            raise FeascompError(f"the iteration diverged at update {u} (residual {residual})")
         evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates)
         if evaluated:
             test_acc = solver.accuracy(params, ds.x_test, ds.y_test)
@@ -75,6 +82,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "compile_seconds": compile_seconds,
         "pass_seconds": sum(solver.pass_seconds.values()),
         "state_bytes": solver.state_bytes,
+        "memory": solver.memory.as_dict(),  # the estimate the run was checked against (feascomp/resources.py)
         "peak_rss_mb": peak_rss_mb(),
     }
     return {k: np.asarray(v) for k, v in params.items()}, report
@@ -147,14 +155,29 @@ def load_params(path: str) -> dict:
     from .errors import Loc
 
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic == b"\x93NUMPY":
+            raise FeascompError("a single array (.npy), not a parameter file (.npz, as --save writes)", Loc(path))
+        if not magic.startswith(b"PK"):
+            raise FeascompError("not a parameter file (an .npz archive, as --save writes)", Loc(path))
         with np.load(path, allow_pickle=False) as z:
             params = {k[len("param:"):]: z[k] for k in z.files if k.startswith("param:")}
     except FileNotFoundError:
         raise FeascompError("no such file", Loc(path)) from None
     except IsADirectoryError:
         raise FeascompError("is a directory, not a parameter file", Loc(path)) from None
-    except (OSError, ValueError) as e:
-        raise FeascompError(f"not a feascomp parameter file ({e})", Loc(path)) from None
+    except FeascompError:
+        raise
+    except MemoryError:
+        raise FeascompError("the parameter file's arrays do not fit in memory", Loc(path)) from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the readers raise (BadZipFile, EOFError, ...)
+        raise FeascompError(f"not a feascomp parameter file ({type(e).__name__}: {e})", Loc(path)) from None
     if not params:
         raise FeascompError("the file holds no parameters", Loc(path))
+    for k, v in params.items():
+        if v.dtype.kind not in "fiu":
+            raise FeascompError(f"parameter {k} holds {v.dtype} values, not numbers", Loc(path))
+        if not np.all(np.isfinite(v)):
+            raise FeascompError(f"parameter {k} holds non-finite values (NaN or Inf)", Loc(path))
     return params
