@@ -31,6 +31,28 @@ _positive = _whole_number(1)
 _nonnegative = _whole_number(0)
 
 
+def _number(check, what: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not check(v):
+            raise argparse.ArgumentTypeError(f"{text!r}: {what}")
+        return v
+
+    return parse
+
+
+def _size(text: str) -> int:
+    from .resources import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .solver import STAGES
@@ -46,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm"], default="dr")
     t.add_argument("--no-identities", action="store_true",
                    help="no identity families: a graph that is not bipartite gets a general colouring (CP only)")
-    t.add_argument("--relaxation", type=float, default=0.5, help="DR relaxation r in (0, 1] (default 0.5, classic DR)")
-    t.add_argument("--beta", type=float, default=1.0, help="Difference Map beta (default 1)")
+    t.add_argument("--relaxation", type=_number(lambda v: 0 < v <= 1, "DR relaxation must lie in (0, 1]"), default=0.5,
+                   help="DR relaxation r in (0, 1] (default 0.5, classic DR)")
+    t.add_argument("--beta", type=_number(lambda v: v != 0 and abs(v) < float("inf"), "DM beta must be finite and not 0"),
+                   default=1.0, help="Difference Map beta (default 1)")
     t.add_argument("--backend", default="jax", help="jax (default), numpy (the scalar-graph oracle; small models only) or an installed plug-in")
     t.add_argument("--steps-per-batch", type=_positive, default=50, metavar="K", help="projection steps per batch (default 50)")
     t.add_argument("--batch-size", type=_positive, default=256)
@@ -65,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(same iterates)")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
+    t.add_argument("--max-memory", type=_size, metavar="SIZE",
+                   help="refuse a run whose estimated peak memory exceeds SIZE (e.g. 4G; default: the memory available)")
     t.add_argument("--json", action="store_true", help="end with one JSON line of results")
     t.add_argument("--no-progress", action="store_true")
 
@@ -104,7 +130,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("feascomp: interrupted", file=sys.stderr)
+        return 130
     try:
         commands = {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot,
                     "opt": _opt, "passes": _passes}
@@ -116,8 +146,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"feascomp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"error: out of memory during feascomp {args.command} (see --max-memory and docs/errors.md)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug in feascomp: say so, keep the traceback in a file
+        if "RESOURCE_EXHAUSTED" in str(e):  # XLA could not allocate
+            print(f"error: out of memory during feascomp {args.command}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        return _internal_error(args.command, e)
+
+
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE
+
+
+def _internal_error(command: str, e: BaseException) -> int:
+    """An exception no user input should cause: one message naming it as feascomp's bug and
+    where its traceback was written, not the traceback itself."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="feascomp-crash-", suffix=".txt")
+    with open(fd, "w") as fh:
+        fh.write(f"feascomp {command}: {' '.join(sys.argv)}\n")
+        traceback.print_exception(e, file=fh)
+    print(f"internal error (a bug in feascomp, not in your input): {type(e).__name__}: {e}\n"
+          f"note: the traceback is in {path}; please report it with the command that caused it", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 def _train(args) -> int:
@@ -125,11 +181,20 @@ def _train(args) -> int:
     from .solver import compile
     from .train import save_params, train
 
+    from .backends import available
+
+    if args.backend not in available():
+        raise FeascompError(f"unknown backend {args.backend!r}; installed: {', '.join(sorted(available()))}")
+    for flag, path in (("--save", args.save), ("--residuals", args.residuals)):
+        _check_writable(flag, path)
     ds = data.load(args.dataset)
+    if args.batch_size > len(ds.x_train):
+        raise FeascompError(f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training samples of "
+                            f"{ds.name!r}")
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
-                   lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels)
+                   lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels, max_memory=args.max_memory)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 
@@ -141,11 +206,12 @@ def _train(args) -> int:
         solver = compile(fn, params, ds.x_train[0], **options)
     else:
         solver = compile(args.model, **options)
-    _check_input(solver.input_shape, ds, args.model)
+    _check_input(solver, ds, args.model)
     history = [] if args.residuals else None
     params, report = train(
         solver, ds, updates=args.updates, seed=args.seed, eval_every=args.eval_every,
         progress=not args.no_progress and not args.json, history=history,
+        on_divergence="nothing was saved" + (f" ({args.save} keeps its previous contents)" if args.save else ""),
     )
     report["model"] = args.model
     if args.residuals:
@@ -172,13 +238,38 @@ def _is_python_model(spec: str) -> bool:
     return bool(sep) and path.endswith(".py") and name.isidentifier()
 
 
-def _check_input(shape, ds, model):
+def _check_input(solver, ds, model):
+    """The dataset against the model: sample shape against the input, classes against the
+    output's logits (each located at its declaration)."""
+    shape = solver.input_shape
+    ops = {op.opname: op for op in solver.tensor.ops if op.opname in ("input", "output")}
     if tuple(ds.x_train.shape[1:]) != tuple(shape):
         raise FeascompError(
             f"the model's input has shape {list(shape)} but dataset {ds.name!r} has samples of shape {list(ds.x_train.shape[1:])}",
-            None,
+            ops["input"].loc if "input" in ops else None,
             note=f"in {model}",
         )
+    if solver.num_classes != ds.num_classes:
+        raise FeascompError(
+            f"the model's output has {solver.num_classes} logits but dataset {ds.name!r} has {ds.num_classes} classes",
+            ops["output"].loc if "output" in ops else None,
+            note=f"in {model}",
+        )
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """An output path is checked before training, not after it."""
+    import os
+
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FeascompError(f"{flag} {path}: is a directory")
+    if not os.path.isdir(folder):
+        raise FeascompError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise FeascompError(f"{flag} {path}: folder {folder} is not writable")
 
 
 def _eval(args) -> int:
@@ -190,9 +281,15 @@ def _eval(args) -> int:
 
     solver = compile(args.model, batch_size=1)
     params = load_params(args.params)
-    state = solver.init(params)
+    try:
+        state = solver.init(params)
+    except FeascompError as e:
+        from .errors import Loc
+
+        raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
+                            note=f"model: {args.model}") from None
     ds = data.load(args.dataset)
-    _check_input(solver.input_shape, ds, args.model)
+    _check_input(solver, ds, args.model)
     acc = solver.accuracy(state.params, ds.x_test, ds.y_test)
     if args.json:
         print(json.dumps({"dataset": ds.name, "test_accuracy": acc, "samples": int(len(ds.y_test))}))
@@ -213,11 +310,19 @@ def _plot(args) -> int:
 def _load_any(path: str):
     """A .fc model, or IR text of any level."""
     from .frontends.dsl import parse_file, read_source
-    from .ir import parse_ir
+    from .ir import FeasModule, parse_ir
+    from .ir.feasibility import verify as verify_feasibility
+    from .ir.tensor import verify as verify_tensor
 
     if path.endswith(".fc"):
         return parse_file(path)
-    return parse_ir(read_source(path), path)
+    module = parse_ir(read_source(path), path)
+    # the input is checked whatever --no-verify says (that flag is about the passes' output)
+    if isinstance(module, FeasModule):
+        verify_feasibility(module)
+    else:
+        verify_tensor(module)
+    return module
 
 
 def _print_module(module, out) -> None:
@@ -300,8 +405,25 @@ def _dump(args) -> int:
     else:
         solver = compile(args.model, batch_size=args.batch_size, pipeline=DEFAULT_PIPELINE)
     sys.stdout.write(solver.dump(args.stage))
+    if args.stage == "plan":
+        sys.stdout.write(solver.memory_summary())
     return 0
 
 
+def run() -> None:
+    """The console entry point: ``main``, then exit. After Ctrl-C the process ends at once
+    (``os._exit``): an interrupt can land while XLA compiles or runs on its own threads, and
+    tearing the interpreter down under them crashed the process (signal 11) after the
+    message was printed."""
+    import os
+
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
