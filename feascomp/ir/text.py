@@ -153,7 +153,12 @@ def parse_ir(text: str, file: str = "<ir>") -> TensorModule | FeasModule:
         else:
             what = "unexpected input"
         raise FeascompError(f"IR syntax error: {what}", loc_in(file, text, line, col)) from None
-    tree = _Build().transform(tree)
+    try:
+        tree = _Build().transform(tree)
+    except lark.exceptions.VisitError as e:  # a literal the builder cannot read (a string with a control character, ...)
+        where = getattr(e.obj, "meta", e.obj)
+        line, col = getattr(where, "line", 1) or 1, getattr(where, "column", 1) or 1
+        raise FeascompError(f"IR syntax error: {e.orig_exc}", loc_in(file, text, line, col)) from None
     mod = tree.children[0]
     level, name, attrs = str(mod.children[0]), str(mod.children[1]), mod.children[2] or ()
     items = mod.children[3:]
