@@ -9,8 +9,9 @@ The estimate, per process (one device today; per device under a mesh later):
 - edge state: what the lowering stores (``Program.state_bytes``: materialized edges, less
   AP's elided inputs; the collapsed lowering's slots and coefficients);
 - XLA temporaries: the projections' intermediate states inside the jitted update
-  (P0(z), the reflection, P1(...)), at the ratio measured on the examples (docs/errors.md
-  has the table; 1.6x to 3.4x the edge state in all, so TEMPORARIES_RATIO = 2.5 over it);
+  (P0(z), the reflection, P1(...)), at the largest ratio measured on the examples (the
+  table is in docs/errors.md: peak less runtime was 0.9x to 3.4x the edge state, so
+  1 + TEMPORARIES_RATIO = 3.5);
 - parameters: the model's values, their means, the previous update's and the host copy;
 - runtime: the Python process with JAX and XLA loaded, and the dataset.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 
 from .errors import FeascompError
@@ -131,12 +131,3 @@ def check_param(name: str, shape, itemsize: int, where=None) -> None:
     if free is not None and need > free:
         raise FeascompError(f"parameter {name} ({list(shape)}) needs {fmt_bytes(need)}, more than the "
                             f"{fmt_bytes(free)} of memory available", where)
-
-
-def process_rss_bytes() -> int:
-    """This process' resident memory now (Linux), 0 where unknown."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

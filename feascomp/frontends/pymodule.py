@@ -20,7 +20,7 @@ def load_function(spec: str, init_name: str | None, seed: int):
         module = importlib.util.module_from_spec(mspec)
         sys.modules[modname] = module
         mspec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - the user's code: report it, located
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code (sys.exit included): report it, located
         raise FeascompError(f"cannot load the model module: {type(e).__name__}: {e}", loc_from_traceback(e, path)) from None
     fn = getattr(module, name, None)
     if not callable(fn):
@@ -32,6 +32,6 @@ def load_function(spec: str, init_name: str | None, seed: int):
                             Loc(path))
     try:
         params = init(seed)
-    except Exception as e:  # noqa: BLE001
+    except (Exception, SystemExit) as e:  # noqa: BLE001
         raise FeascompError(f"the initialiser failed: {type(e).__name__}: {e}", loc_from_traceback(e, path)) from None
     return fn, params
