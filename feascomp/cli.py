@@ -279,6 +279,11 @@ def _eval(args) -> int:
     from .solver import compile
     from .train import load_params
 
+    if _is_python_model(args.model):
+        from .errors import Loc
+
+        raise FeascompError("eval takes a .fc model file; evaluate a JAX function's parameters from Python "
+                            "(solver.accuracy)", Loc(args.model.rpartition(":")[0]))
     solver = compile(args.model, batch_size=1)
     params = load_params(args.params)
     try:

@@ -70,6 +70,18 @@ def _value(text: str):
     return t
 
 
+def _same_kind(default, value) -> bool:
+    """Whether a pipeline option's value fits its default: bools for bools, whole numbers
+    for ints, numbers for floats, strings for strings."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
 def parse_pipeline(text: str, **defaults) -> list:
     """``a,b{k=v,k2=v2},c`` -> pass objects. ``defaults`` fill options a pass declares
     (e.g. batch) where the text does not set them."""
@@ -91,6 +103,10 @@ def parse_pipeline(text: str, **defaults) -> list:
                 if key not in fields:
                     raise FeascompError(f"pass {name!r} has no option {key!r}; options: {', '.join(sorted(fields)) or 'none'}")
                 kw[key] = _value(val)
+                default = next(f.default for f in dataclasses.fields(cls) if f.name == key)
+                if default is not dataclasses.MISSING and default is not None and not _same_kind(default, kw[key]):
+                    raise FeascompError(f"pass {name!r}: option {key} takes {type(default).__name__} values "
+                                        f"(like {default!r}), not {val.strip()!r}")
         passes.append(cls(**kw))
     if not passes and text.strip():
         raise FeascompError(f"cannot read pipeline {text!r}")
