@@ -65,9 +65,10 @@ def _first_bad(state: dict, keys) -> str | None:
     return None
 
 
-def locate(solver, params: dict, x, y) -> Where:
-    """Replay one update of ``solver`` from ``params`` on batch (x, y), projection by
-    projection, and return where the state first became non-finite."""
+def locate(solver, params: dict, x, y, edges=None) -> Where:
+    """Replay one update of ``solver`` from ``params`` (and, for a warm start, the edge
+    state ``edges`` it started from) on batch (x, y), projection by projection, and return
+    where the state first became non-finite."""
     import jax.numpy as jnp
 
     prog, alg = solver.program, solver.algorithm
@@ -82,7 +83,7 @@ def locate(solver, params: dict, x, y) -> Where:
         for name in prog.order:
             if name in values and not bool(jnp.all(jnp.isfinite(values[name]))):
                 return _where(prog, 0, name)
-        z = prog.init_edges(jnp, values, data)
+        z = prog.init_edges(jnp, values, data) if edges is None else edges
         combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
         distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
 

@@ -46,7 +46,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         jax.block_until_ready(params)
         timed += time.perf_counter() - t0
         if not numerics.finite(info, params):
-            where = numerics.locate(solver, before.params, ds.x_train[idx], ds.y_train[idx])
+            where = numerics.locate(solver, before.params, ds.x_train[idx], ds.y_train[idx], before.edges)
             raise numerics.Diverged(u, where, solver.steps, on_divergence)
         residual = float(info["residual"][-1])
         evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates)
