@@ -25,6 +25,8 @@ def pytest_configure(config):
     if config.getoption("hypothesis_seed", None) is None:
         seed = os.environ.get("FEASCOMP_HYPOTHESIS_SEED") or str(random.SystemRandom().randrange(2**32))
         config.option.hypothesis_seed = seed
+    # pytest-xdist's workers start after this and inherit the environment: one seed for all
+    os.environ["FEASCOMP_HYPOTHESIS_SEED"] = str(config.getoption("hypothesis_seed"))
 
 
 def pytest_report_header(config):

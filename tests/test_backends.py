@@ -31,6 +31,7 @@ def run(tensor, batch, backend, algorithm, options, params, x, y, weighted):
     return {k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm,options", ALGORITHMS, ids=[f"{a}{o}" for a, o in ALGORITHMS])
 def test_jax_matches_scalar_graph_oracle(algorithm, options):
     @settings(max_examples=8, deadline=None)

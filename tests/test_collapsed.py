@@ -38,6 +38,7 @@ def run(tensor, batch, lowering, params, x, y, weighted, steps=3, pipeline=DEFAU
     return {k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"]), solver
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm,options", ALGORITHMS, ids=[f"{a}{o}" for a, o in ALGORITHMS])
 def test_collapsed_matches_materialized_on_random_mlps(algorithm, options):
     @settings(max_examples=4 if algorithm == "ap" else 2, deadline=None)
@@ -74,6 +75,7 @@ EXAMPLES = [("examples/digits_mlp.fc", {"0", "logits"}), ("examples/digits_reado
             ("examples/digits_residual.fc", {"0", "2", "logits"}), ("examples/digits_cnn.fc", {"logits"})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm,options,model,collapsed",
                          [("ap", {}, m, c) for m, c in EXAMPLES] + [("dr", {}, *EXAMPLES[1]), ("dr", {}, *EXAMPLES[3]),
                                                                   ("dm", {"beta": 0.7}, *EXAMPLES[0])])
@@ -123,6 +125,7 @@ def test_collapsed_lowering_refuses_what_it_cannot_do(options, needs):
         feascomp.compile("examples/digits_mlp.fc", batch_size=4, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ap", "dr"])
 def test_collapsed_trains_like_materialized(algorithm, digits):
     """float32 training: the same accuracy to within rounding's effect."""

@@ -17,6 +17,7 @@ def digits():
     return data.load("digits")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_elided_inputs_give_the_same_ap_iterates(model, weighted, digits):

@@ -58,6 +58,7 @@ def embed_source(vocab, dim, length, hidden, twice):
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
 def test_embedding_models_match_scalar_graph_oracle(algorithm):
     @settings(max_examples=6, deadline=None)
@@ -119,6 +120,7 @@ def test_bad_token_data_is_refused():
         solver.update(state, np.full((2, 64), 17), [0, 1])
 
 
+@pytest.mark.slow
 def test_digits_embedding_model_trains():
     """64 pixel-intensity tokens, a 17 x 4 table, dense ReLU 32, dense 10: DR, batch 64."""
     from feascomp import data

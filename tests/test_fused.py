@@ -132,6 +132,7 @@ models = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(models)
 def test_fused_step_gives_the_algorithms_iterates(case):
@@ -166,6 +167,7 @@ def test_cold_start_updates_reuse_the_edge_buffers():
     assert pointers[0] and pointers[1] == pointers[2] == pointers[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("readout", [False, True])
 def test_fused_step_with_warm_start_and_monitoring(readout):
     """The carried sums survive across updates (warm start), and per-family distances (which

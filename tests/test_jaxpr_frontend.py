@@ -102,6 +102,7 @@ def test_same_iterates_as_the_fc_model(fc_solver, digits):
         np.testing.assert_allclose(np.asarray(pj[k]), np.asarray(pf[k]), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", VARIANTS, ids=[f.__name__ for f in VARIANTS])
 def test_every_spelling_trains(fn, fc_solver, digits):
     p0 = fc_solver.init_params(0)
@@ -144,6 +145,7 @@ def test_unsupported_primitive_is_refused_with_the_source_line(fc_solver, digits
     assert err.loc.file == __file__ and "jnp.tanh" in err.loc.source_line
 
 
+@pytest.mark.slow
 def test_cli_trains_a_python_model(tmp_path, capsys):
     code = main(["train", "examples/digits_mlp_jax.py:mlp", "--dataset", "digits", "--batch-size", "64",
                  "--updates", "20", "--json"])
@@ -167,6 +169,7 @@ def test_cli_refuses_bad_python_models(tmp_path, capsys):
     assert main(["train", f"{broken}:g", "--dataset", "digits"]) == 2
 
 
+@pytest.mark.slow
 def test_flax_linen_mlp_trains(digits):
     nn = pytest.importorskip("flax.linen")
 
@@ -182,6 +185,7 @@ def test_flax_linen_mlp_trains(digits):
     assert s.accuracy(params, digits.x_test, digits.y_test) >= 0.80
 
 
+@pytest.mark.slow
 def test_flax_nnx_mlp_trains(digits):
     """An nnx module: split into a graph definition and its Param state; the state is the
     parameter pytree, merged back inside the function feascomp traces."""
@@ -266,6 +270,7 @@ def test_layer_primitives_compile_and_evaluate_like_jax(name, digits):
     assert np.isfinite(np.asarray(info["residual"])).all()
 
 
+@pytest.mark.slow
 def test_jax_cnn_trains_on_digits(digits):
     """A CNN written with lax.conv_general_dilated (NCHW, batched) and a global max: >= 0.40."""
     def cnn(p, x):
@@ -340,6 +345,7 @@ def test_embedding_lookup_compiles_to_the_fc_models_ir(fn, tokens):
         np.testing.assert_allclose(np.asarray(pj[k]), np.asarray(pf[k]), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_flax_linen_embed_trains(tokens):
     nn = pytest.importorskip("flax.linen")
 

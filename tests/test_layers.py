@@ -151,6 +151,7 @@ def test_layer_ops_evaluate_like_jax_lax(case, seed):
 RTOL = 1e-9  # after one update of one step (assert_matches_oracle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
 def test_layers_match_scalar_graph_oracle(algorithm):
     @settings(max_examples=6, deadline=None)
@@ -220,6 +221,7 @@ def digits():
     return data.load("digits")
 
 
+@pytest.mark.slow
 def test_digits_cnn_trains_without_identities(digits):
     """Two 3x3 conv layers of 8 channels, global max-pool (8 features), dense: >= 0.40."""
     from models import fit
@@ -232,6 +234,7 @@ def test_digits_cnn_trains_without_identities(digits):
     assert acc >= 0.40
 
 
+@pytest.mark.slow
 def test_digits_readout_over_all_hidden_layers_trains(digits):
     """logits = concat(h1, h2, h3) @ R: one dot family fed by port slices, >= 0.80."""
     from models import fit

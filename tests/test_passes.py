@@ -233,6 +233,7 @@ def test_fuse_projections_gives_one_group_per_primitive_and_colour():
     assert str(parse_ir(text)) == text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
 def test_fused_and_unfused_plans_compute_the_same_iterates(algorithm):
     import feascomp

@@ -67,6 +67,7 @@ def _diverging(ds):
     return data.Dataset("huge", ds.x_train * 1e30, ds.y_train, ds.x_test, ds.y_test)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{"algorithm": "dr"}, {"algorithm": "ap", "lowering": "collapsed"}, {"algorithm": "cp"}])
 def test_a_diverging_run_names_the_family_and_step(options):
     from feascomp.train import train

@@ -73,6 +73,7 @@ def test_split_preserves_forward_values_and_needs_no_identities(case, batch, see
     np.testing.assert_allclose(logits, evaluate(np, tensor, params, {"x": x}), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ap", "dr", "cp"])
 def test_rnns_match_scalar_graph_oracle(algorithm):
     @settings(max_examples=5, deadline=None)
@@ -88,6 +89,7 @@ def test_rnns_match_scalar_graph_oracle(algorithm):
     check()
 
 
+@pytest.mark.slow
 def test_digits_rnn_trains():
     from feascomp import data
     from feascomp.train import train

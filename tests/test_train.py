@@ -34,6 +34,7 @@ def test_mnist5k_split():
     assert counts.min() > 300  # shuffled: every class in the training split
 
 
+@pytest.mark.slow
 def test_cli_trains_digits_by_dr_saves_and_evaluates(tmp_path, capsys):
     out = tmp_path / "params.npz"
     code = main(["train", "examples/digits_mlp.fc", "--dataset", "digits", "--batch-size", "64",
@@ -54,6 +55,7 @@ def test_cli_trains_digits_by_dr_saves_and_evaluates(tmp_path, capsys):
     assert again["test_accuracy"] == pytest.approx(report["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_api_trains_digits_by_ap(digits):
     solver = feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm="ap", steps=50)
     params = solver.init_params(seed=0)
@@ -113,6 +115,7 @@ def test_float64_run_is_explicit():
     assert not jax.config.jax_enable_x64  # nothing global was left switched on
 
 
+@pytest.mark.slow
 def test_sign_network_trains_by_dr(digits, capsys):
     """Sign activations are non-differentiable everywhere; DR still trains them (here with
     XLA's code throughout: --no-fuse-kernels)."""
@@ -156,6 +159,7 @@ def test_weighted_projection_is_selectable(digits):
     assert not np.allclose(out[False], out[True])  # sum_relu's out-degree is 10, not 1
 
 
+@pytest.mark.slow
 def test_residual_model_trains_by_dr(digits):
     """A skip connection makes paths of different parity; one identity family fixes it."""
     solver = feascomp.compile("examples/digits_residual.fc", batch_size=64, steps=50)
