@@ -65,7 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init", metavar="NAME", help="for module.py:function, the module's parameter initialiser init(seed) "
                    "(default: init_params, or <function>_init)")
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
-    t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm"], default="dr")
+    t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm", "sgd", "adam"], default="dr",
+                   help="a projection method (dr, ap, cp, dm) or a gradient baseline on the same model (sgd, adam)")
+    t.add_argument("--learning-rate", type=_number(lambda v: 0 < v < float("inf"), "must be a positive number"),
+                   default=1e-3, metavar="LR", help="sgd/adam learning rate (default 1e-3, the paper's)")
+    t.add_argument("--momentum", type=_number(lambda v: 0 <= v < 1, "must lie in [0, 1)"), default=0.0,
+                   help="sgd momentum (default 0)")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="sgd/adam learning-rate schedule (cosine: decays to 0 over --updates)")
     t.add_argument("--no-identities", action="store_true",
                    help="no identity families: a graph that is not bipartite gets a general colouring (CP only)")
     t.add_argument("--relaxation", type=_number(lambda v: 0 < v <= 1, "DR relaxation must lie in (0, 1]"), default=0.5,
@@ -181,10 +188,9 @@ def _train(args) -> int:
     from .solver import compile
     from .train import save_params, train
 
-    from .backends import available
+    from . import backends
 
-    if args.backend not in available():
-        raise FeascompError(f"unknown backend {args.backend!r}; installed: {', '.join(sorted(available()))}")
+    backends.load(args.backend)  # an unknown or broken backend is refused before anything else
     for flag, path in (("--save", args.save), ("--residuals", args.residuals)):
         _check_writable(flag, path)
     ds = data.load(args.dataset)
@@ -194,7 +200,9 @@ def _train(args) -> int:
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
-                   lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels, max_memory=args.max_memory)
+                   lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels, max_memory=args.max_memory,
+                   learning_rate=args.learning_rate, momentum=args.momentum, schedule=args.schedule,
+                   decay_steps=args.updates)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 

@@ -34,7 +34,9 @@ class Where:
 
     def describe(self, steps: int) -> str:
         source = f", from {self.loc.file}:{self.loc.line}" if getattr(self.loc, "line", 0) else ""
-        what = f"family %{self.family} ({self.kind}{source})" if self.family else "a family the replay could not name"
+        if self.family is None:
+            return f"step {self.step} of {steps} (no family named: this backend or method has no projection replay)"
+        what = f"family %{self.family} ({self.kind}{source})"
         if self.step == 0:
             return f"the forward pass of {what}"
         if self.step > steps:
@@ -72,8 +74,8 @@ def locate(solver, params: dict, x, y, edges=None) -> Where:
     import jax.numpy as jnp
 
     prog, alg = solver.program, solver.algorithm
-    if not hasattr(prog, "project") or solver.backend.name != "jax":
-        return Where(0, None)
+    if getattr(alg, "gradient", False) or solver.backend.name != "jax":  # nothing to replay by families
+        return Where(1, None)
     x, onehot = solver._batch(x, y)
     owner = _owners(prog)
     with solver.precision():

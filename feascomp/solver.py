@@ -25,7 +25,10 @@ from .ir.text import print_plan
 from .ir.tensor import evaluate
 from .passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
 from . import resources
+from .gradient import GradientBackend, GradientMethod, check_method
 from .resources import MemoryEstimate
+
+GRADIENT_METHODS = ("sgd", "adam")
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 STAGES = ("tensor", "feasibility", "plan")
@@ -34,7 +37,7 @@ STAGES = ("tensor", "feasibility", "plan")
 @dataclasses.dataclass(frozen=True)
 class SolverState:
     """What carries over between updates: the current parameters, the update count and,
-    with ``warm_start``, the edge state."""
+    with ``warm_start``, the edge state (for SGD/Adam: the optimizer's state)."""
 
     params: dict
     count: int = 0
@@ -89,6 +92,10 @@ def compile(  # noqa: A001  (the public name users expect)
     lowering: str = "materialized",
     fuse_kernels: bool = True,
     max_memory: int | None = None,
+    learning_rate: float = 1e-3,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    decay_steps: int = 1000,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -108,6 +115,11 @@ def compile(  # noqa: A001  (the public name users expect)
     keeps XLA's code throughout. ``max_memory``: bytes the run may take (its estimated
     peak, :attr:`Solver.memory`, is checked against it and the memory available before
     anything large is allocated; feascomp/resources.py).
+
+    ``algorithm`` ``sgd`` or ``adam``: the gradient baseline on the same model (optax on
+    the model's loss through ``jax.grad``; feascomp/gradient.py), with ``learning_rate``,
+    ``momentum`` (SGD), ``schedule`` (``constant`` or ``cosine`` over ``decay_steps``
+    updates); one update is one optimizer step.
 
     ``model`` is a ``.fc`` path, a TensorModule, or a JAX function ``fn(params, x)``; a
     function also needs ``params`` (any pytree; the solver then takes and returns that
@@ -136,10 +148,22 @@ def compile(  # noqa: A001  (the public name users expect)
         raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if steps < 1:
         raise FeascompError("steps per batch must be at least 1")
-    try:
-        alg = get_algorithm(algorithm, relaxation=relaxation, beta=beta)
-    except ValueError as e:
-        raise FeascompError(str(e)) from None
+    if algorithm in GRADIENT_METHODS:
+        options = dict(learning_rate=learning_rate, momentum=momentum, schedule=schedule)
+        why = check_method(algorithm, options) or next(
+            (f"{algorithm} {w}" for w, bad in (("runs on the jax backend", backend != "jax"),
+                                              ("has no lowering but the forward program", lowering != "materialized"),
+                                              ("carries its optimizer's state, not edges (no --warm-start)", warm_start),
+                                              ("has no per-family residuals (no --residuals)", monitor)) if bad), None)
+        if why:
+            raise FeascompError(why)
+        alg = GradientMethod(algorithm, decay_steps=decay_steps, **options)
+        steps = 1
+    else:
+        try:
+            alg = get_algorithm(algorithm, relaxation=relaxation, beta=beta)
+        except ValueError as e:
+            raise FeascompError(str(e)) from None
     timings: dict[str, float] = {}
     stages = {"tensor": tensor}
 
@@ -229,14 +253,24 @@ class Solver:
         self.vocab = min((tensor.types()[op.operands[1]].shape[0] for op in tensor.by_kind("embed")), default=None)
         self.num_classes = plan.family(self.program.target).port_length("logits")
         itemsize = self.np_dtype.itemsize
-        self.memory = MemoryEstimate(
-            edge_state=self.program.state_bytes(itemsize),
-            params=sum(op.type.size * itemsize for op in tensor.by_kind("param")),
-            families=tuple(self.program.family_state_bytes(itemsize).items()),
-        )
+        gradient = isinstance(algorithm, GradientMethod)
+        # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
+        self.carry = warm_start or gradient
+        params_bytes = sum(op.type.size * itemsize for op in tensor.by_kind("param"))
+        if gradient:  # the forward values and their gradients, and the optimizer's moments
+            values = sum(f.type.size for f in plan.families if f.kind not in ("param", "target")) * itemsize
+            self.memory = MemoryEstimate(edge_state=2 * values, params=params_bytes + 2 * params_bytes)
+        else:
+            self.memory = MemoryEstimate(
+                edge_state=self.program.state_bytes(itemsize),
+                params=params_bytes,
+                families=tuple(self.program.family_state_bytes(itemsize).items()),
+            )
         self.max_memory = max_memory
         self._memory_checked = False
-        self.backend = backends.load(backend)(self)
+        if gradient:
+            self.lowering = "jax.grad"  # the forward program, differentiated; no edges
+        self.backend = GradientBackend(self) if gradient else backends.load(backend)(self)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
 
@@ -363,12 +397,12 @@ class Solver:
         Returns (params, state, info); info["residual"] holds one residual per step."""
         x, onehot = self._batch(x, y)
         self.check_memory()
-        params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.warm_start else None)
+        params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.carry else None)
         info = {"residual": residuals["step"]}
         if "family" in residuals:
             info["family_residual"] = residuals["family"]
             info["families"] = [f.name for f in self.plan.families]
-        return self._tree(params), SolverState(params, state.count + 1, edges if self.warm_start else None), info
+        return self._tree(params), SolverState(params, state.count + 1, edges if self.carry else None), info
 
     # inference and inspection ------------------------------------------------------------
     def apply(self, params: dict, x) -> Any:
@@ -406,7 +440,9 @@ class Solver:
 
     @property
     def state_bytes(self) -> int:
-        return self.program.state_bytes(np.dtype(DTYPES[self.dtype]).itemsize)
+        """What the state between projections takes (edges as the lowering stores them; for
+        SGD/Adam the forward values and their gradients)."""
+        return self.memory.edge_state
 
 
 def _x64(dtype: str):
