@@ -100,8 +100,7 @@ class GradientBackend:
         if self._step is not None:
             return 0.0
         s = self.solver
-        x = np.zeros((s.batch_size,) + s.input_shape, s.input_dtype)
-        y = np.zeros((s.batch_size, s.num_classes), s.np_dtype)
+        x, y = s.example_batch()
         t0 = time.perf_counter()
         with s.precision():
             self._step = self._make_step().lower(params, self.opt.init(params), x, y).compile()

@@ -379,6 +379,11 @@ class Solver:
             onehot = y.astype(dt)
         return x, onehot
 
+    def example_batch(self):
+        """Zeros shaped like one batch (inputs, one-hot labels), for ahead-of-time compiles."""
+        return (np.zeros((self.batch_size,) + self.input_shape, self.input_dtype),
+                np.zeros((self.batch_size, self.num_classes), self.np_dtype))
+
     def check_memory(self) -> None:
         """Refuse (FeascompError) a run whose estimated peak (:attr:`memory`) exceeds
         ``max_memory`` or the memory available; done once, before the first update

@@ -93,8 +93,13 @@ def only_feascomp_errors(fn):
         return None
 
 
-def compile_plan(module):
-    return run_pipeline(module, parse_pipeline(DEFAULT_PIPELINE, batch=2))
+def parse_and_plan(text: str):
+    """Parse a model; where it parses, run the pass pipeline on it."""
+    module = only_feascomp_errors(lambda: parse_model(text, "fuzz.fc"))
+    event(f"parsed: {module is not None}")
+    if module is not None:
+        plan = only_feascomp_errors(lambda: run_pipeline(module, parse_pipeline(DEFAULT_PIPELINE, batch=2)))
+        event(f"planned: {plan is not None}")
 
 
 @settings(max_examples=900)
@@ -103,10 +108,7 @@ def test_fuzz_grammar_shaped_models(lines, data):
     text = "\n".join(lines) + "\n"
     if data.draw(st.booleans()):
         text = edit(text, data)
-    module = only_feascomp_errors(lambda: parse_model(text, "fuzz.fc"))
-    event(f"parsed: {module is not None}")
-    if module is not None:
-        event(f"planned: {only_feascomp_errors(lambda: compile_plan(module)) is not None}")
+    parse_and_plan(text)
 
 
 @settings(max_examples=500)
@@ -114,10 +116,7 @@ def test_fuzz_grammar_shaped_models(lines, data):
 def test_fuzz_near_valid_models_through_the_passes(text, data):
     if data.draw(st.booleans()):
         text = edit(text, data)
-    module = only_feascomp_errors(lambda: parse_model(text, "fuzz.fc"))
-    event(f"parsed: {module is not None}")
-    if module is not None:
-        event(f"planned: {only_feascomp_errors(lambda: compile_plan(module)) is not None}")
+    parse_and_plan(text)
 
 
 @settings(max_examples=400)

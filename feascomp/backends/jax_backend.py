@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 
 class JaxBackend:
@@ -79,8 +78,7 @@ class JaxBackend:
         if self._compiled is not None:
             return 0.0
         s = self.solver
-        x = np.zeros((s.batch_size,) + s.input_shape, s.input_dtype)
-        y = np.zeros((s.batch_size, s.num_classes), s.np_dtype)
+        x, y = s.example_batch()
         t0 = time.perf_counter()
         with s.precision():
             if self._spare_keys:
