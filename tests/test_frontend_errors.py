@@ -112,7 +112,7 @@ def test_bad_options_exit_2(capsys):
         main(["train", "examples/digits_mlp.fc", "--updates", "0"])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        main(["train", "examples/digits_mlp.fc", "--algorithm", "sgd"])
+        main(["train", "examples/digits_mlp.fc", "--algorithm", "lbfgs"])
     assert e.value.code == 2
 
 
