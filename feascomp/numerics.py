@@ -35,7 +35,9 @@ class Where:
     def describe(self, steps: int) -> str:
         source = f", from {self.loc.file}:{self.loc.line}" if getattr(self.loc, "line", 0) else ""
         if self.family is None:
-            return f"step {self.step} of {steps} (no family named: this backend or method has no projection replay)"
+            if self.step == 0:
+                return "the update (replayed projection by projection, it stayed finite: no family can be named)"
+            return f"step {self.step} of {steps} (no family named: this method or backend has no projection replay)"
         what = f"family %{self.family} ({self.kind}{source})"
         if self.step == 0:
             return f"the forward pass of {what}"
