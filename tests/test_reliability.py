@@ -125,3 +125,16 @@ def test_labels_outside_the_models_classes_are_refused():
         solver.update(state, np.zeros((4, 64)), np.array([0, 1, 2, 12]))
     with pytest.raises(feascomp.FeascompError, match="one-hot labels have 5 columns"):
         solver.update(state, np.zeros((4, 64)), np.zeros((4, 5)))
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 10 GB")])
+def test_running_out_of_memory_anyway_is_a_message(monkeypatch, capsys, error):
+    """Where the estimate let a run through and an allocation still failed (NumPy's
+    MemoryError, XLA's RESOURCE_EXHAUSTED): exit 2 and one line, not a bug report."""
+    def exhausted(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_backends", exhausted)
+    assert cli.main(["backends"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory during feascomp backends") and "internal error" not in err
