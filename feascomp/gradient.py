@@ -78,6 +78,7 @@ class GradientBackend:
     def _make_step(self):
         import jax
         import jax.numpy as jnp
+        import optax
 
         from .ir.tensor import evaluate
 
@@ -90,8 +91,6 @@ class GradientBackend:
         def step(params, opt_state, x, onehot):
             value, grads = jax.value_and_grad(objective)(params, x, onehot)
             updates, opt_state = opt.update(grads, opt_state, params)
-            import optax
-
             return optax.apply_updates(params, updates), opt_state, value
 
         return jax.jit(step, donate_argnums=(1,))
