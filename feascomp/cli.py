@@ -53,8 +53,37 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _seed_list(text: str) -> list[int]:
+    seeds = [_nonnegative(part.strip()) for part in text.split(",") if part.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seeds (e.g. 0,1,2)")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a seed")
+    return seeds
+
+
+def _data_options(p) -> None:
+    from .data import DATASETS, SEQ_LEN
+
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k",
+                   help="mnist5k, digits, digits_tokens (shipped with packages); fashion-mnist (Debian's "
+                        "dataset-fashion-mnist, or --data DIR), mnist (--data DIR of IDX files), cifar10 (--data DIR of "
+                        "python batches), higgs (--data HIGGS.csv[.gz]), text (--data FILE, any UTF-8 text)")
+    p.add_argument("--data", metavar="PATH", help="the file or folder a dataset is read from")
+    p.add_argument("--validation", type=_number(lambda v: 0 <= v < 1, "must lie in [0, 1)"), default=0.1,
+                   metavar="F", help="share of the training samples held out for validation (default 0.1; 0: "
+                                     "evaluate on test)")
+    p.add_argument("--seq-len", type=_positive, default=SEQ_LEN, metavar="T", help=f"text: characters per sequence (default {SEQ_LEN})")
+    p.add_argument("--data-limit", type=_positive, metavar="ROWS", help="higgs: read at most this many rows")
+
+
+def _load_data(args):
+    from . import data
+
+    return data.load(args.dataset, args.data, validation=args.validation, seq_len=args.seq_len, limit=args.data_limit)
+
+
 def _parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
     from .solver import STAGES
 
     p = argparse.ArgumentParser(prog="feascomp", description="Compile models into projection-based (gradient-free) solvers.")
@@ -64,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="a .fc model file, or a JAX function as module.py:function")
     t.add_argument("--init", metavar="NAME", help="for module.py:function, the module's parameter initialiser init(seed) "
                    "(default: init_params, or <function>_init)")
-    t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
+    _data_options(t)
     t.add_argument("--algorithm", choices=["dr", "ap", "cp", "dm", "sgd", "adam"], default="dr",
                    help="a projection method (dr, ap, cp, dm) or a gradient baseline on the same model (sgd, adam)")
     t.add_argument("--learning-rate", type=_number(lambda v: 0 < v < float("inf"), "must be a positive number"),
@@ -84,7 +113,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive, default=256)
     t.add_argument("--updates", type=_positive, default=50, metavar="N", help="batches to train on (default 50)")
     t.add_argument("--seed", type=_nonnegative, default=0)
-    t.add_argument("--eval-every", type=_nonnegative, default=10, metavar="N", help="test accuracy every N updates (0: only at the end)")
+    t.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
+                   help="one run per seed (e.g. 0,1,2), reported one by one and as mean and standard deviation")
+    t.add_argument("--eval-every", type=_nonnegative, default=10, metavar="N",
+                   help="validation accuracy every N updates (0: only at the end); the best evaluation's parameters "
+                        "are reported on test and saved")
+    t.add_argument("--patience", type=_positive, metavar="E",
+                   help="early stopping: stop after E evaluations without a better validation accuracy")
+    t.add_argument("--target-accuracy", type=_number(lambda v: 0 < v <= 1, "must lie in (0, 1]"), metavar="A",
+                   help="stop at the first evaluation whose validation accuracy reaches A; report seconds_to_target "
+                        "(training time only) and steps_to_target")
+    t.add_argument("--max-seconds", type=_number(lambda v: 0 < v < float("inf"), "must be a positive number"),
+                   metavar="S", help="a time budget: stop once the training time (updates only) reaches S seconds")
+    t.add_argument("--checkpoint", metavar="DIR",
+                   help="keep the latest checkpoint in DIR (per seed: DIR/seed-S); the same command resumes from it; "
+                        "Ctrl-C writes one and exits 130")
+    t.add_argument("--checkpoint-every", type=_positive, metavar="N", help="checkpoint every N updates (default: at each evaluation)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
     t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
@@ -104,8 +148,15 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test accuracy of saved parameters")
     e.add_argument("model")
     e.add_argument("--params", required=True, metavar="PATH")
-    e.add_argument("--dataset", choices=sorted(DATASETS), default="mnist5k")
+    _data_options(e)
     e.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="run a grid of training runs from a TOML/JSON spec; write the paper's tables and figures")
+    b.add_argument("spec", help="a .toml or .json bench spec (see docs/experiments.md)")
+    b.add_argument("--out", metavar="DIR", help="where runs.jsonl, table.md/.csv, results.json and the PNGs go "
+                                                "(default: the spec's name beside it); runs already there are kept")
+    b.add_argument("--dry-run", action="store_true", help="print the commands of the grid and stop")
+    b.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("backends", help="list the installed backends")
 
@@ -142,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("feascomp: interrupted", file=sys.stderr)
         return 130
+    from .train import Interrupted
+
     try:
-        commands = {"train": _train, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot,
+        commands = {"train": _train, "bench": _bench, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot,
                     "opt": _opt, "passes": _passes}
         return commands[args.command](args)
     except FeascompError as e:
@@ -154,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"feascomp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print(f"feascomp {args.command}: {e.message}", file=sys.stderr)
         return 130
     except MemoryError:
         print(f"error: out of memory during feascomp {args.command} (see --max-memory and docs/errors.md)", file=sys.stderr)
@@ -184,19 +240,44 @@ def _internal_error(command: str, e: BaseException) -> int:
 
 
 def _train(args) -> int:
-    from . import data
-    from .solver import compile
-    from .train import save_params, train
+    import os
+    import threading
 
     from . import backends
 
     backends.load(args.backend)  # an unknown or broken backend is refused before anything else
     for flag, path in (("--save", args.save), ("--residuals", args.residuals)):
         _check_writable(flag, path)
-    ds = data.load(args.dataset)
+    if args.checkpoint and os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
+        raise FeascompError(f"--checkpoint {args.checkpoint}: not a folder")
+    if args.checkpoint:
+        _check_writable("--checkpoint", os.path.join(args.checkpoint, "checkpoint.npz")
+                        if os.path.isdir(args.checkpoint) else args.checkpoint)
+    ds = _load_data(args)
     if args.batch_size > len(ds.x_train):
+        held = f" (with {len(ds.x_val)} held out for validation)" if ds.x_val is not None else ""
         raise FeascompError(f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training samples of "
-                            f"{ds.name!r}")
+                            f"{ds.name!r}{held}")
+    solver = _compile_for(args, ds)
+    _check_input(solver, ds, args.model)
+    stop = threading.Event()
+    _INTERRUPT["event"] = stop if args.checkpoint else None
+    seeds = args.seeds or [args.seed]
+    reports = []
+    for seed in seeds:
+        reports.append(_train_one(args, solver, ds, seed, stop, multi=len(seeds) > 1))
+    if len(seeds) > 1:
+        summary = aggregate(reports)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(_summary_line(summary, len(seeds)))
+    return 0
+
+
+def _compile_for(args, ds):
+    from .solver import compile
+
     options = dict(batch_size=args.batch_size, algorithm=args.algorithm, steps=args.steps_per_batch,
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
@@ -211,33 +292,107 @@ def _train(args) -> int:
         from .frontends.pymodule import load_function
 
         fn, params = load_function(args.model, args.init, args.seed)
-        solver = compile(fn, params, ds.x_train[0], **options)
-    else:
-        solver = compile(args.model, **options)
-    _check_input(solver, ds, args.model)
-    history = [] if args.residuals else None
+        return compile(fn, params, ds.x_train[0], **options)
+    return compile(args.model, **options)
+
+
+def _train_one(args, solver, ds, seed, stop, multi) -> dict:
+    import os
+
+    from .train import save_history, save_params, train
+
+    def per_seed(path, flag):
+        if not (path and multi):
+            return path
+        root, ext = os.path.splitext(path)
+        return f"{root}-seed{seed}{ext}"
+
+    save, residuals = per_seed(args.save, "--save"), per_seed(args.residuals, "--residuals")
+    history = [] if residuals else None
     params, report = train(
-        solver, ds, updates=args.updates, seed=args.seed, eval_every=args.eval_every,
-        progress=not args.no_progress and not args.json, history=history,
-        on_divergence="nothing was saved" + (f" ({args.save} keeps its previous contents)" if args.save else ""),
+        solver, ds, updates=args.updates, seed=seed, eval_every=args.eval_every,
+        progress=not args.no_progress and (not args.json or sys.stderr.isatty()), history=history,
+        patience=args.patience,
+        target_accuracy=args.target_accuracy, stop=stop, max_seconds=args.max_seconds,
+        checkpoint=os.path.join(args.checkpoint, f"seed-{seed}") if args.checkpoint else None,
+        checkpoint_every=args.checkpoint_every,
+        on_divergence="nothing was saved" + (f" ({save} keeps its previous contents)" if save else ""),
     )
     report["model"] = args.model
-    if args.residuals:
-        from .train import save_history
-
-        save_history(args.residuals, history)
-        report["residuals"] = args.residuals
-    if args.save:
-        save_params(args.save, params, {"model": solver.tensor.name})
-        report["saved"] = args.save
+    if residuals:
+        save_history(residuals, history)
+        report["residuals"] = residuals
+    if save:
+        meta = {"model": solver.tensor.name}
+        if ds.vocabulary is not None:
+            meta["vocabulary"] = ds.vocabulary
+        save_params(save, params, meta)
+        report["saved"] = save
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
     else:
-        print(
-            f"{report['algorithm']} on {report['dataset']}: test accuracy {report['test_accuracy']:.4f} "
-            f"(train {report['train_accuracy']:.4f}) after {report['updates']} updates x {solver.steps} steps; "
-            f"{report['seconds_per_step'] * 1e3:.2f} ms/step, compile {report['compile_seconds']:.1f} s"
-        )
+        line = (f"{report['algorithm']} on {report['dataset']} (seed {seed}): test accuracy {report['test_accuracy']:.4f} "
+                f"(train {report['train_accuracy']:.4f}) after {report['updates']} updates x {solver.steps} steps")
+        if report["evaluated_on"] == "validation" and report.get("best_validation_accuracy") is not None:
+            line += f"; best validation {report['best_validation_accuracy']:.4f} at update {report['best_update']}"
+        if "seconds_to_target" in report:
+            line += f"; target reached in {report['seconds_to_target']:.2f} s ({report['steps_to_target']} steps)"
+        elif args.target_accuracy is not None:
+            line += f"; target {args.target_accuracy} not reached"
+        if report["stopped"] in ("patience", "time"):
+            line += f"; stopped early ({report['stopped']})"
+        print(line + f"; {report['seconds_per_step'] * 1e3:.2f} ms/step, compile {report['compile_seconds']:.1f} s",
+              flush=True)
+    return report
+
+
+SUMMARISED = ("test_accuracy", "train_accuracy", "best_validation_accuracy", "steps_to_best", "seconds_to_best",
+              "seconds_per_step", "steps_to_target", "seconds_to_target", "updates", "training_seconds")
+
+
+def aggregate(reports: list[dict]) -> dict:
+    """Mean and standard deviation (population, as numpy's default) over runs of the
+    numeric fields; ``reached_target``: how many runs reached it."""
+    import numpy as np
+
+    out = {"runs": len(reports), "seeds": [r["seed"] for r in reports]}
+    for key in ("algorithm", "dataset", "model", "lowering", "batch_size", "steps_per_batch", "evaluated_on"):
+        out[key] = reports[0].get(key)
+    for key in SUMMARISED:
+        values = [r[key] for r in reports if r.get(key) is not None]
+        if values:
+            out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    if any("seconds_to_target" in r for r in reports) or any(r.get("stopped") == "target" for r in reports):
+        out["reached_target"] = sum("seconds_to_target" in r for r in reports)
+    return out
+
+
+def _summary_line(s: dict, n: int) -> str:
+    def pm(key, scale=1.0, fmt=".4f"):
+        v = s.get(key)
+        return "n/a" if v is None else f"{v['mean'] * scale:{fmt}} ± {v['std'] * scale:{fmt}}"
+
+    return (f"{s['algorithm']} on {s['dataset']} over {n} seeds: test accuracy {pm('test_accuracy')}, "
+            f"{pm('seconds_per_step', 1e3, '.2f')} ms/step")
+
+
+def _bench(args) -> int:
+    import os
+
+    from .bench import load_spec, run_bench
+
+    spec = load_spec(args.spec)
+    out = args.out or os.path.splitext(args.spec)[0]
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FeascompError(f"--out {out}: not a folder")
+    summary = run_bench(spec, out, progress=not args.no_progress, dry_run=args.dry_run)
+    if summary:
+        with open(os.path.join(out, "table.md"), encoding="utf-8") as fh:
+            print(fh.read(), end="")
+        failed = sum(r["failed"] for r in summary["rows"])
+        if failed:
+            print(f"feascomp bench: {failed} runs failed (their errors are in {out}/runs.jsonl)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -283,7 +438,6 @@ def _check_writable(flag: str, path: str | None) -> None:
 def _eval(args) -> int:
     import numpy as np
 
-    from . import data
     from .solver import compile
     from .train import load_params
 
@@ -301,7 +455,7 @@ def _eval(args) -> int:
 
         raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
                             note=f"model: {args.model}") from None
-    ds = data.load(args.dataset)
+    ds = _load_data(args)
     _check_input(solver, ds, args.model)
     acc = solver.accuracy(state.params, ds.x_test, ds.y_test)
     if args.json:
@@ -423,6 +577,9 @@ def _dump(args) -> int:
     return 0
 
 
+_INTERRUPT: dict = {"event": None}  # the running checkpointing run's stop flag (set by Ctrl-C)
+
+
 def run() -> None:
     """The console entry point: ``main``, then exit.
 
@@ -439,6 +596,11 @@ def run() -> None:
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
 
     def interrupted(signum, frame):
+        event = _INTERRUPT["event"]
+        if event is not None and not event.is_set():  # a checkpointing run: stop after this update
+            event.set()
+            os.write(2, b"feascomp: interrupted; writing a checkpoint after this update (Ctrl-C again to quit now)\n")
+            return
         os.write(2, f"feascomp{' ' + command if command else ''}: interrupted\n".encode())
         os._exit(130)
 

@@ -95,6 +95,15 @@ class GradientBackend:
 
         return jax.jit(step, donate_argnums=(1,))
 
+    def carry_template(self, params):
+        """The optimizer's state for these parameters, as shapes."""
+        import jax
+        import jax.numpy as jnp
+
+        with self.solver.precision():
+            params = {k: jnp.asarray(v, self.solver.np_dtype) for k, v in params.items()}
+            return jax.eval_shape(self.opt.init, params)
+
     def compile(self, params) -> float:
         if self._step is not None:
             return 0.0

@@ -29,7 +29,8 @@ def plot_history(csv_path: str, png_path: str) -> None:
         fams = [c for c in rows[0] if c.startswith("dist:")]
         series = {"algorithm residual": [float(r["residual"]) for r in rows]}
         series.update({c[5:]: [float(r[c]) for r in rows] for c in fams})
-        acc = [(int(r["step"]), float(r["test_accuracy"])) for r in rows if r.get("test_accuracy")]
+        split = "validation" if "validation_accuracy" in rows[0] else "test"
+        acc = [(int(r["step"]), float(r[f"{split}_accuracy"])) for r in rows if r.get(f"{split}_accuracy")]
     except (KeyError, ValueError) as e:
         raise FeascompError(f"malformed residual CSV: {e}", Loc(csv_path)) from None
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -40,7 +41,7 @@ def plot_history(csv_path: str, png_path: str) -> None:
     ax1.legend(fontsize=7, ncol=3)
     if acc:
         ax2.plot([s for s, _ in acc], [a for _, a in acc], marker="o")
-    ax2.set_ylabel("test accuracy")
+    ax2.set_ylabel(f"{split} accuracy")
     ax2.set_xlabel("projection step")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -183,6 +183,12 @@ def compile(  # noqa: A001  (the public name users expect)
         raise
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
+    # what another batch size compiles with (Solver.for_batch), and what checkpoints compare
+    solver.options = dict(algorithm=algorithm, steps=steps, dtype=dtype, weighted=weighted, relaxation=relaxation,
+                          beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend,
+                          warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
+                          fuse_kernels=fuse_kernels, max_memory=max_memory, learning_rate=learning_rate,
+                          momentum=momentum, schedule=schedule, decay_steps=decay_steps)
     return solver
 
 
@@ -273,6 +279,8 @@ class Solver:
         self.backend = GradientBackend(self) if gradient else backends.load(backend)(self)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
+        self.options: dict = {}  # compile()'s options (set by compile)
+        self._sizes: dict[int, Solver] = {}  # this solver at other batch sizes (for_batch)
 
     def bind_pytree(self, names, treedef, example):
         """Take and return parameters as the user's pytree (the jaxpr front end)."""
@@ -397,9 +405,43 @@ class Solver:
         self.check_memory()
         return self.backend.compile(params if params is not None else self.init_params(0))
 
+    def for_batch(self, n: int) -> "Solver":
+        """This solver compiled for batches of ``n`` samples (made once, then cached): the
+        same model and options through the pipeline again at ``batch=n``."""
+        if n == self.batch_size:
+            return self
+        if n < 1:
+            raise FeascompError("a batch needs at least one sample")
+        if n not in self._sizes:
+            options = {k: v for k, v in self.options.items() if k != "max_memory"}
+            other = compile(self.tensor, batch_size=n, max_memory=self.max_memory, **options)
+            if self.treedef is not None:
+                other.param_names, other.treedef, other.example_params = self.param_names, self.treedef, self.example_params
+            self._sizes[n] = other
+        return self._sizes[n]
+
+    def carry_structure(self, params):
+        """The pytree (of jax.ShapeDtypeStruct) of what carries between updates for these
+        parameters, or None: what a checkpoint's saved carry is restored into."""
+        if not self.carry:
+            return None
+        template = getattr(self.backend, "carry_template", None)
+        if template is None:
+            raise FeascompError(f"the {self.backend.name} backend cannot restore a carried state (no carry_template)")
+        return template(self._flat(params))
+
     def update(self, state: SolverState, x, y):
         """K projection steps on one batch, from the edges of a forward pass (Algorithm 1).
-        Returns (params, state, info); info["residual"] holds one residual per step."""
+        Returns (params, state, info); info["residual"] holds one residual per step.
+
+        A batch of another size than ``batch_size`` runs on this solver compiled for that
+        size (:meth:`for_batch`, cached, as ``jax.jit`` caches per shape)."""
+        n = int(np.shape(x)[0]) if np.ndim(x) else 0
+        if n != self.batch_size and np.shape(x)[1:] == self.input_shape:
+            if self.warm_start and state.edges is not None:
+                raise FeascompError(f"under warm start the edges carried between batches have the shape of a batch of "
+                                    f"{self.batch_size}; this batch has {n} samples")
+            return self.for_batch(n).update(state, x, y)
         x, onehot = self._batch(x, y)
         self.check_memory()
         params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.carry else None)

@@ -18,51 +18,107 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int = 10, progress: bool = True,
-          history: list | None = None,
-          on_divergence: str = "the run stopped there; its parameters were not returned") -> tuple[dict, dict]:
-    """Train from the model's initialisers; returns (params, report). If ``history`` is a
-    list, one dict per projection step is appended (update, step, residual, family
-    distances when the solver monitors, test accuracy at evaluation points).
+class Interrupted(Exception):
+    """The run was asked to stop (Ctrl-C) and its checkpoint written."""
 
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int = 10, progress: bool = True,
+          history: list | None = None, patience: int | None = None, target_accuracy: float | None = None,
+          checkpoint: str | None = None, checkpoint_every: int | None = None, stop=None,
+          max_seconds: float | None = None,
+          on_divergence: str = "the run stopped there; its parameters were not returned") -> tuple[dict, dict]:
+    """Train from the model's initialisers by the paper's protocol; returns (params, report).
+
+    Every ``eval_every`` updates (and after the last) the model is evaluated on the
+    validation set (the test set when the dataset has none); the best evaluation's
+    parameters are returned and reported on test. ``patience``: stop after this many
+    evaluations without improvement (early stopping); ``target_accuracy``: stop at the first
+    evaluation that reaches it and report ``seconds_to_target`` (training time only) and
+    ``steps_to_target``; ``max_seconds``: a time budget, stop once the training time (as
+    reported) reaches it. Time per step counts the updates only (not data loading,
+    evaluation or compilation).
+
+    ``checkpoint``: a folder holding the latest checkpoint (feascomp/checkpoint.py), written
+    every ``checkpoint_every`` updates (default: at each evaluation), at the end, and when
+    ``stop`` (a threading.Event) is set -- the run then raises :class:`Interrupted`. A
+    checkpoint already there is resumed (and refused if it belongs to another run).
+
+    If ``history`` is a list, one dict per projection step is appended (update, step,
+    residual, family distances when the solver monitors, accuracy at evaluation points).
     An update whose state becomes NaN or Inf raises :class:`numerics.Diverged` naming the
     family and step where it started (``on_divergence``: the note it carries)."""
     import jax
 
+    from . import checkpoint as ckpt
+
     if updates < 1:
         raise FeascompError("--updates must be at least 1")
+    split, x_eval, y_eval = ds.evaluation
+    protocol = {"eval_every": eval_every, "patience": patience, "target_accuracy": target_accuracy,
+                "evaluated_on": split}
     init_seq, order_seq = np.random.SeedSequence(seed).spawn(2)
+    order_seed = int(order_seq.generate_state(1)[0])
     params = solver.init_params(int(init_seq.generate_state(1)[0]))
     state = solver.init(params)
+    run = _Run(split)
+    fingerprint = ckpt.fingerprint(solver, ds, seed=seed, protocol=protocol) if checkpoint else None
+    if checkpoint:
+        if not os.path.isdir(checkpoint):
+            os.makedirs(checkpoint, exist_ok=True)
+        saved = ckpt.load(checkpoint, fingerprint, lambda: solver.carry_structure(state.params))
+        if saved is not None:
+            run.restore(saved["meta"], saved["best"])
+            params = saved["params"]
+            state = type(state)(params, run.done, saved["carry"])
     compile_seconds = solver.compile_update(state.params)
-    order = batches(len(ds.x_train), solver.batch_size, np.random.default_rng(order_seq))
-    bar = _progress(updates, progress)
-    timed, residual, test_acc = 0.0, float("nan"), float("nan")
-    for u in range(1, updates + 1):
+    order = batches(len(ds.x_train), solver.batch_size, order_seed, start=run.done)
+    every = checkpoint_every or eval_every or updates
+
+    def write_checkpoint():
+        ckpt.save(checkpoint, params=state.params, best=run.best, carry=state.edges if solver.carry else None,
+                  meta={"fingerprint": fingerprint, **run.as_meta()})
+
+    bar = _progress(updates, progress, run.done)
+    while run.done < updates and not run.stopped:
+        u = run.done + 1
         idx = next(order)
+        xb, yb = ds.x_train[idx], ds.y_train[idx]
         t0 = time.perf_counter()
         before = state
-        params, state, info = solver.update(state, ds.x_train[idx], ds.y_train[idx])
+        params, state, info = solver.update(state, xb, yb)
         jax.block_until_ready(params)
-        timed += time.perf_counter() - t0
+        run.seconds += time.perf_counter() - t0
+        run.done = u
         if not numerics.finite(info, params):
-            where = numerics.locate(solver, before.params, ds.x_train[idx], ds.y_train[idx], before.edges)
+            where = numerics.locate(solver, before.params, xb, yb, before.edges)
             raise numerics.Diverged(u, where, solver.steps, on_divergence)
-        residual = float(info["residual"][-1])
-        evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates)
+        run.residual = float(info["residual"][-1])
+        out_of_time = max_seconds is not None and run.seconds >= max_seconds
+        evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates or out_of_time)
         if evaluated:
-            test_acc = solver.accuracy(params, ds.x_test, ds.y_test)
+            run.evaluate(u, u * solver.steps, solver.accuracy(state.params, x_eval, y_eval), state.params,
+                         patience=patience, target=target_accuracy)
+        if out_of_time and not run.stopped:
+            run.stopped, run.stop_reason = True, "time"
         if history is not None:
-            steps = np.asarray(info["residual"])
-            fam = np.asarray(info["family_residual"]) if "family_residual" in info else None
-            for k in range(len(steps)):
-                row = {"update": u, "step": (u - 1) * solver.steps + k + 1, "residual": float(steps[k])}
-                if fam is not None:
-                    row.update({f"dist:{n}": float(v) for n, v in zip(info["families"], fam[k])})
-                row["test_accuracy"] = test_acc if (evaluated and k == len(steps) - 1) else ""
-                history.append(row)
-        bar.update(u, residual, test_acc)
+            _log(history, info, u, solver.steps, run.evaluations[-1]["accuracy"] if evaluated else "", split)
+        bar.update(u, run.residual, run.last_accuracy)
+        interrupted = stop is not None and stop.is_set()
+        if checkpoint and (interrupted or u % every == 0 or u == updates or run.stopped):
+            write_checkpoint()
+        if interrupted:
+            bar.close()
+            raise Interrupted(f"interrupted after update {u} of {updates}; the checkpoint in {checkpoint} "
+                              "holds it: run the same command to resume")
     bar.close()
+    if checkpoint and run.done == 0:
+        write_checkpoint()
+    final = {k: np.asarray(v) for k, v in state.params.items()}
+    chosen = run.best if (run.best is not None and split == "validation") else final
     report = {
         "algorithm": solver.algorithm.name,
         "backend": solver.backend.name,
@@ -70,40 +126,111 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "fused_families": sorted(getattr(solver.program, "fused", {})),  # DR steps run by the native kernels
         "dataset": ds.name,
         "seed": seed,
-        "updates": updates,
-        "steps": updates * solver.steps,
+        "updates": run.done,
+        "steps": run.done * solver.steps,
         "steps_per_batch": solver.steps,
         "batch_size": solver.batch_size,
         "dtype": solver.dtype,
-        "train_accuracy": solver.accuracy(params, ds.x_train, ds.y_train),
-        "test_accuracy": solver.accuracy(params, ds.x_test, ds.y_test),
-        "final_residual": residual,
-        "seconds_per_step": timed / (updates * solver.steps),
+        "evaluated_on": split,
+        "train_accuracy": solver.accuracy(chosen, ds.x_train, ds.y_train),
+        "test_accuracy": solver.accuracy(chosen, ds.x_test, ds.y_test),
+        "final_test_accuracy": solver.accuracy(final, ds.x_test, ds.y_test),
+        **run.summary(solver.steps),
+        "final_residual": run.residual,
+        "training_seconds": run.seconds,
+        "seconds_per_step": run.seconds / max(run.done * solver.steps, 1),
         "compile_seconds": compile_seconds,
         "pass_seconds": sum(solver.pass_seconds.values()),
         "state_bytes": solver.state_bytes,
         "memory": solver.memory.as_dict(),  # the estimate the run was checked against (feascomp/resources.py)
         "peak_rss_mb": peak_rss_mb(),
     }
-    return {k: np.asarray(v) for k, v in params.items()}, report
+    if checkpoint:
+        report["checkpoint"] = os.path.join(checkpoint, ckpt.FILE)
+    return (chosen if solver.treedef is None else solver._tree(chosen)), report
+
+
+class _Run:
+    """The protocol's bookkeeping: updates done, training seconds, evaluations, the best
+    parameters, early stopping and the target (all of it saved in checkpoints)."""
+
+    def __init__(self, split):
+        self.split = split
+        self.done, self.seconds, self.residual = 0, 0.0, float("nan")
+        self.evaluations: list[dict] = []
+        self.best, self.best_accuracy, self.best_update = None, -1.0, 0
+        self.stale, self.stopped, self.stop_reason = 0, False, None
+        self.target = None  # {"update", "step", "seconds", "accuracy"} of the first evaluation reaching it
+
+    @property
+    def last_accuracy(self):
+        return self.evaluations[-1]["accuracy"] if self.evaluations else float("nan")
+
+    def evaluate(self, u, step, acc, params, *, patience, target):
+        self.evaluations.append({"update": u, "step": step, "seconds": self.seconds, "accuracy": acc})
+        if acc > self.best_accuracy:
+            self.best = {k: np.asarray(v) for k, v in params.items()}
+            self.best_accuracy, self.best_update, self.stale = acc, u, 0
+        else:
+            self.stale += 1
+        if target is not None and self.target is None and acc >= target:
+            self.target = dict(self.evaluations[-1])
+            self.stopped, self.stop_reason = True, "target"
+        elif patience is not None and self.stale >= patience:
+            self.stopped, self.stop_reason = True, "patience"
+
+    def summary(self, steps_per_batch) -> dict:
+        """The paper's columns: the best evaluation, and the first to reach 99 % of it
+        (steps and training seconds "to best")."""
+        out = {f"best_{self.split}_accuracy": self.best_accuracy if self.evaluations else None,
+               "best_update": self.best_update, "stopped": self.stop_reason, "evaluations": self.evaluations}
+        if self.evaluations:
+            first = next(e for e in self.evaluations if e["accuracy"] >= 0.99 * self.best_accuracy)
+            out.update(steps_to_best=first["step"], seconds_to_best=first["seconds"])
+        if self.target is not None:
+            out.update(steps_to_target=self.target["step"], seconds_to_target=self.target["seconds"],
+                       updates_to_target=self.target["update"])
+        return out
+
+    def as_meta(self) -> dict:
+        return {"done": self.done, "seconds": self.seconds, "residual": self.residual, "evaluations": self.evaluations,
+                "best_accuracy": self.best_accuracy, "best_update": self.best_update, "stale": self.stale,
+                "stopped": self.stopped, "stop_reason": self.stop_reason, "target": self.target}
+
+    def restore(self, meta, best):
+        for k in ("done", "seconds", "residual", "evaluations", "best_accuracy", "best_update", "stale", "stopped",
+                  "stop_reason", "target"):
+            setattr(self, k, meta[k])
+        self.best = best
+
+
+def _log(history, info, u, steps_per_batch, acc, split):
+    steps = np.asarray(info["residual"])
+    fam = np.asarray(info["family_residual"]) if "family_residual" in info else None
+    for k in range(len(steps)):
+        row = {"update": u, "step": (u - 1) * steps_per_batch + k + 1, "residual": float(steps[k])}
+        if fam is not None:
+            row.update({f"dist:{n}": float(v) for n, v in zip(info["families"], fam[k])})
+        row[f"{split}_accuracy"] = acc if k == len(steps) - 1 else ""
+        history.append(row)
 
 
 class _progress:
     """tqdm if installed and wanted, else silence."""
 
-    def __init__(self, total, enabled):
+    def __init__(self, total, enabled, initial=0):
         self.bar = None
         if enabled:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, file=sys.stderr, unit="batch", mininterval=0.5, dynamic_ncols=True)
+                self.bar = tqdm(total=total, initial=initial, file=sys.stderr, unit="batch", mininterval=0.5, dynamic_ncols=True)
             except ImportError:
                 pass
 
     def update(self, u, residual, acc):
         if self.bar is not None:
-            self.bar.set_postfix(residual=f"{residual:.3g}", test_acc=f"{acc:.3f}", refresh=False)
+            self.bar.set_postfix(residual=f"{residual:.3g}", acc=f"{acc:.3f}", refresh=False)
             self.bar.update(1)
 
     def close(self):

@@ -85,7 +85,7 @@ def test_divergence_keeps_the_previous_parameters_file(tmp_path, monkeypatch, ca
     saved = tmp_path / "p.npz"
     save_params(str(saved), {"W": np.arange(3.0)}, {"model": "before"})
     before = saved.read_bytes()
-    monkeypatch.setitem(data.DATASETS, "huge", lambda: _diverging(data.load("digits")))
+    monkeypatch.setitem(data.DATASETS, "huge", lambda path, **options: _diverging(data.load("digits", validation=0)))
     code = cli.main(["train", "examples/digits_mlp.fc", "--dataset", "huge", "--batch-size", "64", "--updates", "2",
                      "--steps-per-batch", "2", "--no-progress", "--save", str(saved)])
     err = capsys.readouterr().err

@@ -21,14 +21,15 @@ def digits():
 
 
 def test_digits_split(digits):
-    assert digits.x_train.shape == (1400, 64) and digits.x_test.shape == (397, 64)
+    # 1,400 train (10 % of them held out for validation) and 397 test
+    assert digits.x_train.shape == (1260, 64) and digits.x_val.shape == (140, 64) and digits.x_test.shape == (397, 64)
     assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
     assert set(np.unique(digits.y_train)) == set(range(10))
 
 
 def test_mnist5k_split():
     ds = data.load("mnist5k")
-    assert ds.x_train.shape == (4000, 784) and ds.x_test.shape == (1000, 784)
+    assert ds.x_train.shape == (3600, 784) and ds.x_val.shape == (400, 784) and ds.x_test.shape == (1000, 784)
     assert ds.x_train.max() == pytest.approx(1.0) and ds.x_train.min() == 0.0
     counts = np.bincount(ds.y_train, minlength=10)
     assert counts.min() > 300  # shuffled: every class in the training split
@@ -61,7 +62,7 @@ def test_api_trains_digits_by_ap(digits):
     params = solver.init_params(seed=0)
     state = solver.init(params)
     rng = np.random.default_rng(0)
-    order = data.batches(1400, 64, rng)
+    order = data.batches(len(digits.x_train), 64, rng)
     for _ in range(30):
         idx = next(order)
         params, state, info = solver.update(state, digits.x_train[idx], digits.y_train[idx])
@@ -80,11 +81,11 @@ def test_onehot_and_integer_labels_agree(digits):
         np.testing.assert_array_equal(np.asarray(p1[k]), np.asarray(p2[k]))
 
 
-def test_wrong_batch_shape_is_an_error(digits):
+def test_wrong_sample_shape_is_an_error(digits):
     solver = feascomp.compile("examples/digits_mlp.fc", batch_size=16, steps=2)
     state = solver.init(solver.init_params(0))
-    with pytest.raises(feascomp.FeascompError, match="compiled for"):
-        solver.update(state, digits.x_train[:15], digits.y_train[:15])
+    with pytest.raises(feascomp.FeascompError, match="compiled for"):  # (another batch size is fine: test_protocol)
+        solver.update(state, digits.x_train[:16, :63], digits.y_train[:16])
 
 
 def count_equations(jaxpr) -> int:

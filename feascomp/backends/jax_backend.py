@@ -65,6 +65,14 @@ class JaxBackend:
 
         return update
 
+    def carry_template(self, params):
+        """The edge state an update returns (what --warm-start carries), as shapes."""
+        import jax
+
+        x, y = self.solver.example_batch()
+        with self.solver.precision():
+            return jax.eval_shape(lambda p, x, y: self.update_fn()(p, x, y)[2], params, x, y)
+
     def _spare_shapes(self):
         import jax
 
@@ -101,7 +109,8 @@ class JaxBackend:
                     spare = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._spare_shapes().items()}
                 self._spare = None  # donated: gone whatever happens below
                 out = self._compiled(params, x, onehot, spare)
-                self._spare = {k: out[2][k] for k in self._spare_keys}
+                if not self.solver.warm_start:  # carried edges are donated to the next update: not spare
+                    self._spare = {k: out[2][k] for k in self._spare_keys}
                 return out
             if self._compiled_warm is None:
                 self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))

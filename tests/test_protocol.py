@@ -1,0 +1,244 @@
+"""The paper's protocol in the driver (validation, best-on-validation, early stopping, the
+target accuracy, a time budget), checkpoints that resume bit for bit, batches of any size,
+--seeds, and feascomp bench."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import feascomp
+from feascomp import data
+from feascomp.cli import main
+from feascomp.errors import FeascompError
+from feascomp.train import Interrupted, load_params, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def dr(digits):
+    return feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm="dr", steps=5)
+
+
+@pytest.fixture(scope="module")
+def adam(digits):
+    return feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm="adam", learning_rate=1e-2)
+
+
+def test_best_on_validation_is_reported_on_test(dr, digits):
+    params, r = train(dr, digits, updates=12, eval_every=3, progress=False)
+    accs = [e["accuracy"] for e in r["evaluations"]]
+    assert [e["update"] for e in r["evaluations"]] == [3, 6, 9, 12] and r["evaluated_on"] == "validation"
+    best = int(np.argmax(accs))  # the first of equals
+    assert r["best_validation_accuracy"] == accs[best] and r["best_update"] == 3 * (best + 1)
+    assert r["test_accuracy"] == dr.accuracy(params, digits.x_test, digits.y_test)
+    assert dr.accuracy(params, digits.x_val, digits.y_val) == accs[best]
+    first = next(e for e in r["evaluations"] if e["accuracy"] >= 0.99 * max(accs))
+    assert r["steps_to_best"] == first["step"] == first["update"] * 5 and r["seconds_to_best"] == first["seconds"]
+    seconds = [e["seconds"] for e in r["evaluations"]]
+    assert seconds == sorted(seconds) and seconds[-1] <= r["training_seconds"]
+
+
+def test_target_accuracy_stops_at_the_first_evaluation_reaching_it(adam, digits):
+    _, r = train(adam, digits, updates=400, eval_every=5, target_accuracy=0.8, progress=False)
+    accs = [e["accuracy"] for e in r["evaluations"]]
+    assert r["stopped"] == "target" and accs[-1] >= 0.8 and all(a < 0.8 for a in accs[:-1])
+    assert r["updates"] == r["updates_to_target"] == r["steps_to_target"] < 400
+    assert r["seconds_to_target"] == r["evaluations"][-1]["seconds"] <= r["training_seconds"]
+
+
+def test_patience_stops_after_evaluations_without_improvement(adam, digits):
+    _, r = train(adam, digits, updates=400, eval_every=1, patience=2, progress=False)
+    accs = [e["accuracy"] for e in r["evaluations"]]
+    assert r["stopped"] == "patience" and r["updates"] < 400
+    assert max(accs[-2:]) <= max(accs[:-2]) and all(  # never two stale evaluations in a row before the end
+        max(accs[i:i + 2]) > max(accs[:i]) for i in range(1, len(accs) - 2))
+
+
+def test_a_time_budget_stops_the_run(adam, digits):
+    _, r = train(adam, digits, updates=10_000, eval_every=1000, max_seconds=1e-9, progress=False)
+    assert r["stopped"] == "time" and r["updates"] == 1 and len(r["evaluations"]) == 1
+
+
+class _StopAt:
+    """A stop flag that is set when asked the n-th time (after update n)."""
+
+    def __init__(self, n):
+        self.n, self.asked = n, 0
+
+    def is_set(self):
+        self.asked += 1
+        return self.asked >= self.n
+
+
+@pytest.mark.parametrize("method", ["dr", "adam"])
+def test_an_interrupted_run_resumes_bit_for_bit(method, dr, adam, digits, tmp_path):
+    solver = {"dr": dr, "adam": adam}[method]
+    full, r1 = train(solver, digits, updates=9, eval_every=4, progress=False)
+    with pytest.raises(Interrupted, match="after update 5 of 9"):
+        train(solver, digits, updates=9, eval_every=4, progress=False, checkpoint=str(tmp_path), stop=_StopAt(5))
+    resumed, r2 = train(solver, digits, updates=9, eval_every=4, progress=False, checkpoint=str(tmp_path))
+    assert all(np.array_equal(full[k], resumed[k]) for k in full)
+    assert r1["evaluations"][-1]["accuracy"] == r2["evaluations"][-1]["accuracy"]
+    assert [e["accuracy"] for e in r1["evaluations"]] == [e["accuracy"] for e in r2["evaluations"]]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".feascomp-")]
+    again, r3 = train(solver, digits, updates=9, eval_every=4, progress=False, checkpoint=str(tmp_path))  # finished
+    assert r3["updates"] == 9 and all(np.array_equal(full[k], again[k]) for k in full)
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_what_differs(dr, digits, tmp_path):
+    train(dr, digits, updates=2, eval_every=1, progress=False, checkpoint=str(tmp_path))
+    with pytest.raises(FeascompError) as e:
+        train(dr, digits, updates=2, eval_every=1, progress=False, checkpoint=str(tmp_path), seed=3)
+    assert "seed: checkpoint 0, this run 3" in e.value.message and "checkpoint.npz" in str(e.value.loc)
+    other = feascomp.compile("examples/digits_mlp.fc", batch_size=64, algorithm="dr", steps=6)
+    with pytest.raises(FeascompError, match="options.steps: checkpoint 5, this run 6"):
+        train(other, digits, updates=2, eval_every=1, progress=False, checkpoint=str(tmp_path))
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(FeascompError, match="not a readable feascomp checkpoint"):
+        train(dr, digits, updates=2, eval_every=1, progress=False, checkpoint=str(tmp_path))
+    np.savez(tmp_path / "checkpoint.npz", meta=np.asarray(json.dumps({"format": "something-else/3"})))
+    with pytest.raises(FeascompError, match="not a feascomp checkpoint"):
+        train(dr, digits, updates=2, eval_every=1, progress=False, checkpoint=str(tmp_path))
+
+
+def test_update_takes_a_batch_of_any_size(dr, digits):
+    state = dr.init(dr.init_params(0))
+    x, y = digits.x_train[:10], digits.y_train[:10]
+    p_any, _, info = dr.update(state, x, y)
+    ten = feascomp.compile("examples/digits_mlp.fc", batch_size=10, algorithm="dr", steps=5)
+    p_ten, _, _ = ten.update(ten.init(dr.init_params(0)), x, y)
+    assert all(np.array_equal(np.asarray(p_any[k]), np.asarray(p_ten[k])) for k in p_ten)
+    assert dr.for_batch(10) is dr.for_batch(10) and len(info["residual"]) == 5  # compiled once, cached
+    with pytest.raises(FeascompError, match="at least one sample"):
+        dr.for_batch(0)
+
+
+def test_seeds_are_run_and_aggregated(capsys):
+    code = main(["train", "examples/digits_mlp.fc", "--dataset", "digits", "--batch-size", "64", "--algorithm", "adam",
+                 "--updates", "3", "--eval-every", "3", "--seeds", "0,2", "--json"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0 and [r["seed"] for r in lines[:2]] == [0, 2]
+    summary = lines[-1]
+    accs = [r["test_accuracy"] for r in lines[:2]]
+    assert summary["runs"] == 2 and summary["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert summary["test_accuracy"]["std"] == pytest.approx(np.std(accs))
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_the_same_command_resumes_bit_for_bit(tmp_path):
+    """The acceptance test: SIGINT after a checkpoint exists; exit 130; the same command
+    resumes; the final parameters equal an uninterrupted run's, bit for bit."""
+    base = [sys.executable, "-m", "feascomp.cli", "train", "examples/digits_mlp.fc", "--dataset", "digits",
+            "--batch-size", "64", "--steps-per-batch", "20", "--updates", "60", "--eval-every", "5", "--no-progress"]
+    whole = tmp_path / "whole.npz"
+    subprocess.run(base + ["--save", str(whole)], cwd=ROOT, check=True, capture_output=True)
+    ck, resumed = tmp_path / "ck", tmp_path / "resumed.npz"
+    cmd = base + ["--checkpoint", str(ck), "--checkpoint-every", "1", "--save", str(resumed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (ck / "seed-0" / "checkpoint.npz").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "run the same command to resume" in err, err
+    assert not resumed.exists()
+    with np.load(ck / "seed-0" / "checkpoint.npz") as z:
+        done = json.loads(str(z["meta"]))["done"]
+    assert 1 <= done < 60
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    a, b = load_params(str(whole)), load_params(str(resumed))
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _in_process(argv):
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+SPEC = """
+title = "tiny table"
+[defaults]
+batch_size = 64
+eval_every = 2
+[methods.adam]
+algorithm = "adam"
+updates = 4
+[methods.dr]
+algorithm = "dr"
+updates = 2
+steps_per_batch = 3
+[models.mlp]
+file = "examples/digits_mlp.fc"
+depth = 1
+[models.readout]
+file = "examples/digits_readout.fc"
+depth = 2
+[[grid]]
+datasets = ["digits"]
+models = ["mlp", "readout"]
+methods = ["adam", "dr"]
+seeds = [0]
+"""
+
+
+def test_bench_runs_a_grid_writes_tables_and_figures_and_resumes(tmp_path):
+    from feascomp.bench import check_spec, run_bench
+    import tomllib
+
+    spec = check_spec(tomllib.loads(SPEC), "tiny.toml", SPEC)
+    calls = []
+
+    def runner(argv):
+        calls.append(argv)
+        return _in_process(argv)
+
+    summary = run_bench(spec, str(tmp_path), progress=False, runner=runner)
+    assert len(calls) == 4 and [r["method"] for r in summary["rows"]] == ["adam", "dr", "adam", "dr"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| Dataset | Model | Method | Accuracy (%) | Steps (k) | Time (s) | Step (ms) | Seeds | Budget |" in table
+    assert "| digits | readout | dr |" in table and "2 updates" in table
+    lines = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    for row, line in zip(summary["rows"], lines):  # every number from a committed JSON line
+        assert line["command"].startswith("feascomp train examples/digits_")
+        assert row["accuracy"] == [line["report"]["test_accuracy"]]
+    assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("Dataset,Model,Method")
+    assert json.loads((tmp_path / "results.json").read_text())["machine"]["cores"] == os.cpu_count()
+    for png in ("accuracy_vs_steps.png", "accuracy_vs_time.png", "step_time_vs_depth.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    run_bench(spec, str(tmp_path), progress=False, runner=runner)  # all done: nothing runs again
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("text,message,line", [
+    ("title = 'x'\n[grid\n", "invalid TOML", 2),
+    ("colour = 1\n", "unknown key 'colour'", 1),
+    ("[methods.dr]\nalgorithm = 'dr'\nupdate = 3\n", "unknown option 'update'", 3),
+    ("[methods.dr]\nalgorithm = 'dr'\nupdates = 'many'\n", "option updates must be int", 3),
+    ("[methods.dr]\nalgorithm='dr'\n[models.m]\nfile='a.fc'\n[[grid]]\ndatasets=['digits']\nmodels=['m']\n"
+     "methods=['sgd']\n", "grid names method 'sgd'", 8),
+    ("[methods.dr]\nalgorithm='dr'\n[models.m]\nfile='a.fc'\n[[grid]]\ndatasets=['imagenet']\nmodels=['m']\n"
+     "methods=['dr']\n", "unknown dataset 'imagenet'", 6),
+])
+def test_bench_spec_errors_are_located(tmp_path, capsys, text, message, line):
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    assert main(["bench", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"spec.toml:{line}:" in err, err
