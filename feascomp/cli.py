@@ -301,13 +301,13 @@ def _train_one(args, solver, ds, seed, stop, multi) -> dict:
 
     from .train import save_history, save_params, train
 
-    def per_seed(path, flag):
+    def per_seed(path):
         if not (path and multi):
             return path
         root, ext = os.path.splitext(path)
         return f"{root}-seed{seed}{ext}"
 
-    save, residuals = per_seed(args.save, "--save"), per_seed(args.residuals, "--residuals")
+    save, residuals = per_seed(args.save), per_seed(args.residuals)
     history = [] if residuals else None
     params, report = train(
         solver, ds, updates=args.updates, seed=seed, eval_every=args.eval_every,

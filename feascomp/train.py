@@ -65,10 +65,10 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     params = solver.init_params(int(init_seq.generate_state(1)[0]))
     state = solver.init(params)
     run = _Run(split)
-    fingerprint = ckpt.fingerprint(solver, ds, seed=seed, protocol=protocol) if checkpoint else None
+    fingerprint = None
     if checkpoint:
-        if not os.path.isdir(checkpoint):
-            os.makedirs(checkpoint, exist_ok=True)
+        fingerprint = ckpt.fingerprint(solver, ds, seed=seed, protocol=protocol)
+        os.makedirs(checkpoint, exist_ok=True)
         saved = ckpt.load(checkpoint, fingerprint, lambda: solver.carry_structure(state.params))
         if saved is not None:
             run.restore(saved["meta"], saved["best"])
@@ -115,8 +115,6 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
             raise Interrupted(f"interrupted after update {u} of {updates}; the checkpoint in {checkpoint} "
                               "holds it: run the same command to resume")
     bar.close()
-    if checkpoint and run.done == 0:
-        write_checkpoint()
     final = {k: np.asarray(v) for k, v in state.params.items()}
     chosen = run.best if (run.best is not None and split == "validation") else final
     report = {
