@@ -329,7 +329,7 @@ def markdown(spec, rows, info) -> str:
 
 
 def write_results(spec: dict, results: list[dict], out: str) -> dict:
-    from .train import atomic_write
+    from .files import atomic_write
 
     info = machine()
     rows = summarise(results)
@@ -355,7 +355,7 @@ def plot_results(results: list[dict], out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .train import atomic_write
+    from .files import atomic_write
 
     ok = [r for r in results if "report" in r and r["report"].get("evaluations")]
     panels = list(dict.fromkeys((r["dataset"], r["model"]) for r in ok))

@@ -1,5 +1,5 @@
 """Checkpoints of a training run: one ``checkpoint.npz`` in the run's folder, replaced
-atomically (train.atomic_write), holding everything a resumed run needs to end bit for bit
+atomically (files.atomic_write), holding everything a resumed run needs to end bit for bit
 where an uninterrupted one ends:
 
 - ``param:*``: the current parameters; ``best:*``: the best-on-validation ones;
@@ -64,7 +64,7 @@ def save(folder: str, *, params: dict, best: dict | None, carry, meta: dict) -> 
     """Write the checkpoint atomically; returns its path."""
     import jax
 
-    from .train import atomic_write
+    from .files import atomic_write
 
     arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()}
     arrays.update({f"best:{k}": np.asarray(v) for k, v in (best or {}).items()})

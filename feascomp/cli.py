@@ -588,7 +588,7 @@ def run() -> None:
     and where that was a garbage-collection callback (JAX registers one) the exception was
     printed as "ignored" and lost -- the run went on (found by tests/test_interrupts.py);
     and after it did propagate, tearing the interpreter down under XLA's threads crashed
-    the process (signal 11). Writes are atomic (train.atomic_write), so ending at once
+    the process (signal 11). Writes are atomic (files.atomic_write), so ending at once
     loses nothing that was saved."""
     import os
     import signal

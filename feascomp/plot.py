@@ -47,6 +47,6 @@ def plot_history(csv_path: str, png_path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    from .train import atomic_write
+    from .files import atomic_write
 
     atomic_write(png_path, lambda fh: fh.write(buf.getvalue()))

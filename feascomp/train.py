@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import resource
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from . import numerics
 from .data import Dataset, batches
 from .errors import FeascompError
+from .files import atomic_write
 
 
 def peak_rss_mb() -> float:
@@ -234,25 +234,6 @@ class _progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-def atomic_write(path: str, write) -> None:
-    """Call write(binary file) on a temporary file in path's folder, fsync it, then rename it
-    over path: a failure never leaves a partial file."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise FeascompError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".feascomp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_params(path: str, params: dict, meta: dict | None = None) -> None:

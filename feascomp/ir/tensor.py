@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FeascompError, Loc
+from .maps import Window
+from .printer import print_tensor
 from .types import TensorType
 
 Attrs = tuple[tuple[str, Any], ...]
@@ -58,8 +60,6 @@ class TensorModule:
         return self.by_kind("loss")[0]
 
     def __str__(self) -> str:
-        from .text import print_tensor
-
         return print_tensor(self)
 
 
@@ -155,7 +155,6 @@ def _concat(op, ts):
 
 
 def _window(op, ts, kernel):
-    from .feasibility import Window
 
     (x,) = ts[:1]
     stride = _ints(op, "stride", 2)
@@ -221,7 +220,6 @@ def _reduce_max(op, ts):
 
 
 def _eval_conv2d(xp, op, x, k):
-    from .feasibility import Window
 
     w = Window(tuple(k.shape[:2]), tuple(op.attr("stride")), tuple(op.attr("padding")))
     p = w.apply(xp, x)  # [..., Ho, Wo, kh*kw, C]
@@ -229,7 +227,6 @@ def _eval_conv2d(xp, op, x, k):
 
 
 def _eval_max_pool(xp, op, x):
-    from .feasibility import Window
 
     return xp.max(Window(tuple(op.attr("window")), tuple(op.attr("stride")), (0, 0, 0, 0)).apply(xp, x), axis=-2)
 

@@ -156,7 +156,7 @@ def run_pipeline(module, passes, *, verify_each: bool = True, after: Callable | 
 def _write_reproducer(folder: str, p, text: str) -> str:
     import os
 
-    from ..train import atomic_write
+    from ..files import atomic_write
 
     path = os.path.join(folder, f"feascomp-reproducer-{p.name}.ir")
     header = f"// reproducer: the input of pass {pipeline_text([p])}\n"

@@ -6,7 +6,7 @@ affine carries multiplications and additions by constants (``x * 0.5``, ``x - 1`
 code). sum and average live in piecewise.py with the other functions of a sum."""
 from __future__ import annotations
 
-from . import register
+from .registry import register
 from .base import Port, Primitive
 
 

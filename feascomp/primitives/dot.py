@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from . import register
+from .registry import register
 from .base import Port, Primitive, eps, while_loop
 
 

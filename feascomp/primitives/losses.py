@@ -13,7 +13,7 @@ direction costs O(d) by Sherman-Morrison. ``method="newton"`` (default) runs dam
 """
 from __future__ import annotations
 
-from . import register
+from .registry import register
 from .base import LossPrimitive, eps, while_loop
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from . import register
+from .registry import register
 from .base import Port, Primitive
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from . import register
+from .registry import register
 from .base import Port, Primitive
 from .dot import check_kernel_option, project_dot
 
