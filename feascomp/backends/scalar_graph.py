@@ -18,7 +18,8 @@ from collections import deque
 import numpy as np
 
 from ..errors import FeascompError
-from ..ir.tensor import TensorModule, primitive_op
+from ..ir.tensor import TensorModule
+from ..ops import primitive_op
 from ..primitives import get
 
 

@@ -266,7 +266,7 @@ class _Lower:
         return name
 
     def _emit(self, opname, operands, node, result=None, attrs=()) -> str:
-        from ..ir.tensor import opdef
+        from ..ops import opdef
 
         ts = [self.types[v] for v in operands]
         op = Op(opname, None, tuple(operands), tuple(attrs), None, self.loc(node))
@@ -296,7 +296,7 @@ class _Lower:
             b = self.expr(node.children[1])
             return self._emit(node.data, [a, b], node, result)
         if node.data == "call":
-            from ..ir.tensor import primitive_op
+            from ..ops import primitive_op
             from ..primitives import names
 
             fn, *args = node.children
