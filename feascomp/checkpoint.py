@@ -43,7 +43,7 @@ def fingerprint(solver, ds, *, seed: int, protocol: dict) -> dict:
     return {
         "model": model,
         "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                    for k, v in sorted(solver.options.items())},
+                    for k, v in sorted(solver.options.as_dict().items())},
         "dataset": {"name": ds.name, "source": ds.source, "train": int(len(ds.x_train)),
                     "validation": int(0 if ds.x_val is None else len(ds.x_val)), "test": int(len(ds.x_test))},
         "seed": int(seed),

@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .algorithms import get_algorithm
 from .errors import FeascompError
 from .ir import FeasModule, TensorModule, print_feasibility, print_tensor
 from .ir.text import print_plan
 from .ir.tensor import evaluate
 from .passes import DEFAULT_PIPELINE, parse_pipeline, run_pipeline
 from . import resources
-from .gradient import GradientBackend, GradientMethod, check_method
+from .gradient import GradientBackend, GradientMethod
+from .options import CompileOptions
 from .resources import MemoryEstimate
-
-GRADIENT_METHODS = ("sgd", "adam")
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 STAGES = ("tensor", "feasibility", "plan")
@@ -144,26 +142,21 @@ def compile(  # noqa: A001  (the public name users expect)
         loss_options = None  # now part of the IR
     else:
         tensor = load_model(model)
-    if dtype not in DTYPES:
-        raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    if steps < 1:
-        raise FeascompError("steps per batch must be at least 1")
-    if algorithm in GRADIENT_METHODS:
-        options = dict(learning_rate=learning_rate, momentum=momentum, schedule=schedule)
-        why = check_method(algorithm, options) or next(
-            (f"{algorithm} {w}" for w, bad in (("runs on the jax backend", backend != "jax"),
-                                              ("has no lowering but the forward program", lowering != "materialized"),
-                                              ("carries its optimizer's state, not edges (no --warm-start)", warm_start),
-                                              ("has no per-family residuals (no --residuals)", monitor)) if bad), None)
-        if why:
-            raise FeascompError(why)
-        alg = GradientMethod(algorithm, decay_steps=decay_steps, **options)
-        steps = 1
-    else:
-        try:
-            alg = get_algorithm(algorithm, relaxation=relaxation, beta=beta)
-        except ValueError as e:
-            raise FeascompError(str(e)) from None
+    options = CompileOptions.make(
+        batch_size=batch_size, algorithm=algorithm, steps=steps, dtype=dtype, weighted=weighted, relaxation=relaxation,
+        beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend, warm_start=warm_start,
+        monitor=monitor, elide_inputs=elide_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
+        max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
+        decay_steps=decay_steps)
+    solver = compile_tensor(tensor, options)
+    if treedef is not None:
+        solver.bind_pytree(names, treedef, params)
+    return solver
+
+
+def compile_tensor(tensor: TensorModule, options: CompileOptions) -> "Solver":
+    """The tensor IR through the pipeline into a Solver, under ``options``."""
+    options.algorithm_object()  # refused options are refused before the pipeline runs
     timings: dict[str, float] = {}
     stages = {"tensor": tensor}
 
@@ -171,80 +164,53 @@ def compile(  # noqa: A001  (the public name users expect)
         stages[p.output_stage] = module
 
     try:
-        plan = run_pipeline(tensor, parse_pipeline(pipeline, batch=batch_size), timings=timings, after=record)
+        plan = run_pipeline(tensor, parse_pipeline(options.pipeline, batch=options.batch_size), timings=timings,
+                            after=record)
         if not isinstance(plan, FeasModule) or any(f.attr("colour") is None for f in plan.families):
-            raise FeascompError(f"pipeline {pipeline!r} does not produce a coloured plan")
-        solver = Solver(tensor, plan, alg, steps, dtype, weighted, loss_options or {}, timings, stages, backend,
-                        warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
-                        fuse_kernels=fuse_kernels, max_memory=max_memory)
+            raise FeascompError(f"pipeline {options.pipeline!r} does not produce a coloured plan")
+        return Solver(tensor, plan, options, timings, stages)
     except FeascompError as e:
         if e.loc is None:  # an error of the whole model: name its file
             e.loc = model_loc(tensor)
         raise
-    if treedef is not None:
-        solver.bind_pytree(names, treedef, params)
-    # what another batch size compiles with (Solver.for_batch), and what checkpoints compare
-    solver.options = dict(algorithm=algorithm, steps=steps, dtype=dtype, weighted=weighted, relaxation=relaxation,
-                          beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend,
-                          warm_start=warm_start, monitor=monitor, elide_inputs=elide_inputs, lowering=lowering,
-                          fuse_kernels=fuse_kernels, max_memory=max_memory, learning_rate=learning_rate,
-                          momentum=momentum, schedule=schedule, decay_steps=decay_steps)
-    return solver
-
-
-LOWERINGS = ("materialized", "collapsed")
 
 
 class Solver:
-    def __init__(self, tensor, plan, algorithm, steps, dtype, weighted, loss_options, timings, stages, backend="jax",
-                 *, warm_start=False, monitor=False, elide_inputs=True, lowering="materialized", fuse_kernels=True,
-                 max_memory=None):
+    def __init__(self, tensor, plan, options: CompileOptions, timings, stages):
+        """The plan lowered under ``options`` (their rules resolved by
+        :meth:`CompileOptions.resolve`); use :func:`compile`."""
         from . import backends
         from .backends.collapsed import CollapsedProgram
         from .backends.materialized import Program
 
         self.tensor: TensorModule = tensor
         self.plan: FeasModule = plan
+        self.options = options
         self.stages = stages
-        self.steps = steps
-        self.dtype = dtype
-        self.np_dtype = np.dtype(DTYPES[dtype])
-        self.weighted = weighted
-        self.loss_options = loss_options
+        self.dtype = options.dtype
+        self.np_dtype = np.dtype(DTYPES[self.dtype])
+        self.weighted = options.weighted
+        self.loss_options = dict(options.loss_options)
         self.pass_seconds = timings
-        self.warm_start = warm_start
-        self.monitor = monitor
-        schedule = "layers" if algorithm.uses_layers else "colours"
-        two = len({f.attr("colour") for f in plan.families}) == 2
-        self.elide_inputs = elide_inputs and algorithm.name == "ap" and two and not warm_start and not monitor
-        if lowering not in LOWERINGS:
-            raise FeascompError(f"lowering must be one of {', '.join(LOWERINGS)}, not {lowering!r}")
-        if lowering == "collapsed":
-            why = [w for w, bad in (("--algorithm ap, dr or dm", algorithm.uses_layers), ("a cold start (no --warm-start)", warm_start),
-                                    ("no per-family monitoring", monitor), ("the jax backend", backend != "jax"),
-                                    ("a two-colour plan", not two)) if bad]
-            if why:
-                raise FeascompError("the collapsed lowering needs " + ", ".join(why))
-        self.lowering = lowering
-        program = CollapsedProgram if lowering == "collapsed" else Program
-        if lowering == "collapsed":
-            extra = dict(algorithm=algorithm, steps=steps)
+        self.warm_start = options.warm_start
+        self.monitor = options.monitor
+        colours = len({f.attr("colour") for f in plan.families})
+        resolved = options.resolve(colours)
+        self.resolved = resolved
+        self.steps = resolved.steps
+        self.elide_inputs = resolved.elide_inputs
+        self.lowering = resolved.lowering
+        gradient = isinstance(resolved.algorithm, GradientMethod)
+        if gradient or resolved.lowering == "materialized":
+            self.program = Program(plan, weighted=self.weighted, loss_options=self.loss_options,
+                                   schedule=resolved.schedule, elide_inputs=self.elide_inputs,
+                                   fuse_order=resolved.fuse_order)
         else:
-            # the fused DR step's class order: DM with beta = 1 is DR (r = 1/2) through P1 first
-            dm_order = (1, 0) if getattr(algorithm, "beta", None) == 1.0 else None
-            order = {"dr": (0, 1), "dm": dm_order}.get(algorithm.name)
-            extra = dict(fuse_order=order if fuse_kernels and backend == "jax" else None)
-        self.program = program(plan, weighted=weighted, loss_options=loss_options, schedule=schedule,
-                               elide_inputs=self.elide_inputs, **extra)
-        if not algorithm.uses_layers and len(self.program.colours) != 2:
-            raise FeascompError(
-                f"{algorithm.name} alternates between two colour classes, but this plan has "
-                f"{len(self.program.colours)} colours (its family graph is not bipartite and identity "
-                "families are turned off); use --algorithm cp, or keep insert-identities in the pipeline"
-            )
-        if algorithm.uses_layers:
-            algorithm = dataclasses.replace(algorithm, classes=len(self.program.classes))
-        self.algorithm = algorithm
+            self.program = CollapsedProgram(plan, weighted=self.weighted, loss_options=self.loss_options,
+                                            schedule=resolved.schedule, elide_inputs=self.elide_inputs,
+                                            algorithm=resolved.algorithm, steps=resolved.steps)
+        self.resolved = resolved.with_classes(len(self.program.classes))
+        self.algorithm = self.resolved.algorithm
         if len(self.program.consts) != 1:
             inputs = tensor.by_kind("input")
             raise FeascompError(f"a model needs exactly one input, found {len(self.program.consts)}",
@@ -259,9 +225,8 @@ class Solver:
         self.vocab = min((tensor.types()[op.operands[1]].shape[0] for op in tensor.by_kind("embed")), default=None)
         self.num_classes = plan.family(self.program.target).port_length("logits")
         itemsize = self.np_dtype.itemsize
-        gradient = isinstance(algorithm, GradientMethod)
         # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
-        self.carry = warm_start or gradient
+        self.carry = resolved.carry
         params_bytes = sum(op.type.size * itemsize for op in tensor.by_kind("param"))
         if gradient:  # the forward values and their gradients, and the optimizer's moments
             values = sum(f.type.size for f in plan.families if f.kind not in ("param", "target")) * itemsize
@@ -272,14 +237,11 @@ class Solver:
                 params=params_bytes,
                 families=tuple(self.program.family_state_bytes(itemsize).items()),
             )
-        self.max_memory = max_memory
+        self.max_memory = options.max_memory
         self._memory_checked = False
-        if gradient:
-            self.lowering = "jax.grad"  # the forward program, differentiated; no edges
-        self.backend = GradientBackend(self) if gradient else backends.load(backend)(self)
+        self.backend = GradientBackend(self) if gradient else backends.load(options.backend)(self)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
-        self.options: dict = {}  # compile()'s options (set by compile)
         self._sizes: dict[int, Solver] = {}  # this solver at other batch sizes (for_batch)
 
     def bind_pytree(self, names, treedef, example):
@@ -413,8 +375,7 @@ class Solver:
         if n < 1:
             raise FeascompError("a batch needs at least one sample")
         if n not in self._sizes:
-            options = {k: v for k, v in self.options.items() if k != "max_memory"}
-            other = compile(self.tensor, batch_size=n, max_memory=self.max_memory, **options)
+            other = compile_tensor(self.tensor, dataclasses.replace(self.options, batch_size=n))
             if self.treedef is not None:
                 other.param_names, other.treedef, other.example_params = self.param_names, self.treedef, self.example_params
             self._sizes[n] = other

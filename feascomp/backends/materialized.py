@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..algorithms import DifferenceMap, DouglasRachford
 from ..ir.feasibility import BroadcastMap, ChainMap, Edge, Family, FeasModule
 from ..primitives import get
 
@@ -391,25 +392,17 @@ class Program:
     # the fused DR step -------------------------------------------------------------------
     def fused_step(self, algorithm):
         """A whole step for ``algorithm`` where this lowering has one (DR, or DM with
-        beta = 1, with fused dot families: ``dr_step``), else None (the algorithm's own step
-        over ``project``)."""
-        if not self.fused:
-            return None
-        if algorithm.name == "dr" and self.fuse_order == (0, 1):
-            return lambda xp, z, data: self.dr_step(xp, z, data, algorithm.relaxation)
-        if algorithm.name == "dm" and algorithm.beta == 1.0 and self.fuse_order == (1, 0):
-            # z + P0(2 P1 z - z) - P1 z: DR with r = 1/2 and the classes swapped; its
-            # residual |P0(f1 z) - P1 z| is DR's |P1(R0 z) - P0 z| swapped alike
-            return lambda xp, z, data: self.dr_step(xp, z, data, 0.5)
-        return None
+        beta = 1, with fused dot families: ``dr_step``; looked up by the algorithm's type in
+        ``FUSED_STEPS``), else None (the algorithm's own step over ``project``)."""
+        native = FUSED_STEPS.get(type(algorithm))
+        return native(self, algorithm) if native is not None and self.fused else None
 
     def fused_shadow(self, algorithm):
         """The shadow for reading parameters where this lowering computes it natively (DR
         with fused families of the first colour: ``dr_shadow``), else None (DM's shadow
         P0(2 P1 z - z) runs the plain code)."""
-        if algorithm.name == "dr" and any(f.first for f in self.fused.values()):
-            return lambda xp, z, data: self.dr_shadow(xp, z, data)
-        return None
+        native = FUSED_SHADOWS.get(type(algorithm))
+        return native(self, algorithm) if native is not None else None
 
     def dr_shadow(self, xp, z: dict, data: dict) -> dict:
         """P0(z) for reading parameter means (``param_means``), with each fused family of the
@@ -595,3 +588,31 @@ class Program:
                 keys = {e.key for e in info.out} | {e.key for _, _, es in info.in_ports for e in es}
                 sq[name] = sum((xp.sum((p[k] - s[k]) ** 2) for k in keys), xp.zeros((), self.dtype))
         return xp.sqrt(xp.stack([sq[f.name] for f in self.plan.families]))
+
+
+# The native steps of the materialized lowering, by algorithm type: each gives the step (or
+# shadow) function for a program and an algorithm, or None where it does not apply. Each is
+# checked against the algorithm's own formula (tests/test_fused.py).
+def _dr_step(prog, alg):
+    if prog.fuse_order != (0, 1):
+        return None
+    return lambda xp, z, data: prog.dr_step(xp, z, data, alg.relaxation)
+
+
+def _dm_step(prog, alg):
+    # z + P0(2 P1 z - z) - P1 z: DR with r = 1/2 and the classes swapped; its residual
+    # |P0(f1 z) - P1 z| is DR's |P1(R0 z) - P0 z| swapped alike
+    if alg.beta != 1.0 or prog.fuse_order != (1, 0):
+        return None
+    return lambda xp, z, data: prog.dr_step(xp, z, data, 0.5)
+
+
+def _dr_shadow(prog, alg):
+    if not any(f.first for f in prog.fused.values()):
+        return None
+    return lambda xp, z, data: prog.dr_shadow(xp, z, data)
+
+
+FUSED_STEPS = {DouglasRachford: _dr_step, DifferenceMap: _dm_step}
+FUSED_SHADOWS = {DouglasRachford: _dr_shadow}
+

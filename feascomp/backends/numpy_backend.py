@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..algorithms import AlternatingProjections, CyclicProjections, DifferenceMap, DouglasRachford
 from ..errors import FeascompError
 from .scalar_graph import ScalarGraph
 
@@ -38,7 +39,7 @@ class NumpyBackend:
         if solver.monitor:
             raise FeascompError("the numpy backend reports step residuals only, not per-family distances "
                                 "(--residuals): use --backend jax")
-        if solver.algorithm.name not in ITERATIONS:
+        if type(solver.algorithm) not in ITERATIONS:
             raise FeascompError(f"the numpy backend has no iteration for algorithm {solver.algorithm.name!r}")
         self.solver = solver
         self.graph = None if solver.tokens else self._build(None)
@@ -69,7 +70,7 @@ class NumpyBackend:
         def project(c, z):
             return g.project(self.classes[c], z, x, onehot)
 
-        step, shadow = ITERATIONS[s.algorithm.name](s.algorithm, project, len(self.classes))
+        step, shadow = ITERATIONS[type(s.algorithm)](s.algorithm, project, len(self.classes))
         residuals = []
         for _ in range(s.steps):
             z, r = step(z)
@@ -126,4 +127,5 @@ def _dm(alg, P, classes):
     return step, lambda z: parts(z)[0]
 
 
-ITERATIONS = {"ap": _ap, "cp": _cp, "dr": _dr, "dm": _dm}
+# the oracle's own iterations, by algorithm type (written independently of algorithms.py)
+ITERATIONS = {AlternatingProjections: _ap, CyclicProjections: _cp, DouglasRachford: _dr, DifferenceMap: _dm}

@@ -1,0 +1,143 @@
+"""Compile options: one frozen :class:`CompileOptions`, and :meth:`CompileOptions.resolve`
+which owns every compatibility rule between them (and the plan), giving a specific error
+for each refused combination and, for an accepted one, the :class:`Resolved` choices the
+solver and its backend are built from. Nothing downstream re-derives a choice from an
+option's name."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .algorithms import AlternatingProjections, DifferenceMap, DouglasRachford, get_algorithm
+from .errors import FeascompError
+from .gradient import GradientMethod, check_method
+from .passes import DEFAULT_PIPELINE
+
+GRADIENT_METHODS = ("sgd", "adam")
+LOWERINGS = ("materialized", "collapsed")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """Everything ``feascomp.compile`` is told, as given (docs/python-api.md)."""
+
+    batch_size: int = 256
+    algorithm: str = "dr"
+    steps: int = 50
+    dtype: str = "float32"
+    weighted: bool = False
+    relaxation: float = 0.5
+    beta: float = 1.0
+    loss_options: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs, sorted
+    pipeline: str = DEFAULT_PIPELINE
+    backend: str = "jax"
+    warm_start: bool = False
+    monitor: bool = False
+    elide_inputs: bool = True
+    lowering: str = "materialized"
+    fuse_kernels: bool = True
+    max_memory: int | None = None
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    schedule: str = "constant"
+    decay_steps: int = 1000
+
+    @classmethod
+    def make(cls, **kw) -> "CompileOptions":
+        if isinstance(kw.get("loss_options"), dict) or kw.get("loss_options") is None:
+            kw["loss_options"] = tuple(sorted((kw.get("loss_options") or {}).items()))
+        return cls(**kw)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["loss_options"] = dict(self.loss_options)
+        return d
+
+    @property
+    def gradient(self) -> bool:
+        return self.algorithm in GRADIENT_METHODS
+
+    def algorithm_object(self):
+        """The algorithm these options name (before the plan is known): a projection
+        method, or a gradient baseline; refused with the reason."""
+        if self.dtype not in DTYPES:
+            raise FeascompError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.steps < 1:
+            raise FeascompError("steps per batch must be at least 1")
+        if self.gradient:
+            options = dict(learning_rate=self.learning_rate, momentum=self.momentum, schedule=self.schedule)
+            why = check_method(self.algorithm, options) or next(
+                (f"{self.algorithm} {w}" for w, bad in (
+                    ("runs on the jax backend", self.backend != "jax"),
+                    ("has no lowering but the forward program", self.lowering != "materialized"),
+                    ("carries its optimizer's state, not edges (no --warm-start)", self.warm_start),
+                    ("has no per-family residuals (no --residuals)", self.monitor)) if bad), None)
+            if why:
+                raise FeascompError(why)
+            return GradientMethod(self.algorithm, decay_steps=self.decay_steps, **options)
+        try:
+            alg = get_algorithm(self.algorithm, relaxation=self.relaxation, beta=self.beta)
+        except ValueError as e:
+            raise FeascompError(str(e)) from None
+        if self.lowering not in LOWERINGS:
+            raise FeascompError(f"lowering must be one of {', '.join(LOWERINGS)}, not {self.lowering!r}")
+        return alg
+
+    def resolve(self, colours: int) -> "Resolved":
+        """The choices for a plan of ``colours`` colour classes, or a FeascompError
+        naming what is refused."""
+        alg = self.algorithm_object()
+        if isinstance(alg, GradientMethod):
+            return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fuse_order=None, carry=True,
+                            schedule="colours")
+        two = colours == 2
+        if self.lowering == "collapsed":
+            why = [w for w, bad in (("--algorithm ap, dr or dm", alg.uses_layers),
+                                    ("a cold start (no --warm-start)", self.warm_start),
+                                    ("no per-family monitoring", self.monitor), ("the jax backend", self.backend != "jax"),
+                                    ("a two-colour plan", not two)) if bad]
+            if why:
+                raise FeascompError("the collapsed lowering needs " + ", ".join(why))
+        if not alg.uses_layers and not two:
+            raise FeascompError(
+                f"{alg.name} alternates between two colour classes, but this plan has {colours} colours (its "
+                "family graph is not bipartite and identity families are turned off); use --algorithm cp, or keep "
+                "insert-identities in the pipeline")
+        # AP always finds the input's edges equal to the input: not storing them gives the
+        # same iterates (cold start, no monitor: both would read them)
+        elide = (self.elide_inputs and type(alg) is AlternatingProjections and two and not self.warm_start
+                 and not self.monitor)
+        fuse_order = None
+        if self.lowering == "materialized" and self.fuse_kernels and self.backend == "jax":
+            fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
+        return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fuse_order=fuse_order,
+                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours")
+
+
+# The class order of the native fused DR step, by algorithm type: DR projects onto P0 then
+# reflects through P1; DM with beta = 1 is DR with r = 1/2 through P1 first.
+FUSE_ORDER = {
+    DouglasRachford: lambda alg: (0, 1),
+    DifferenceMap: lambda alg: (1, 0) if alg.beta == 1.0 else None,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What the options come to for one plan."""
+
+    algorithm: Any  # the algorithm object (classes filled in for CP), or a GradientMethod
+    steps: int  # projection steps per update (1 for a gradient method)
+    lowering: str  # "materialized", "collapsed" or "jax.grad"
+    elide_inputs: bool  # AP does not store the input's edges
+    fuse_order: tuple[int, int] | None  # the fused DR step's class order, or None: no fused step
+    carry: bool  # something carries between updates (edges under warm start, an optimizer's state)
+    schedule: str  # "colours" (AP, DR, DM) or "layers" (CP)
+
+    def with_classes(self, classes: int) -> "Resolved":
+        """CP cycles through the plan's backward-BFS layers: how many, once the lowering
+        has computed them."""
+        if self.schedule != "layers":
+            return self
+        return dataclasses.replace(self, algorithm=dataclasses.replace(self.algorithm, classes=classes))
