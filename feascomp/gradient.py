@@ -5,7 +5,7 @@ entropy for ``cross_entropy`` -- its lambda is a prox parameter, not a loss weig
 the squared distance to the target set for ``margin``, half the squared error for ``mse``).
 
 ``feascomp.compile(model, algorithm="adam", learning_rate=1e-3)`` returns the same
-:class:`~feascomp.solver.Solver` as the projection methods, with this backend: one update
+:class:`~feascomp.lowered.Solver` as the projection methods, with this backend: one update
 is one optimizer step on the batch, the optimizer's state carries across updates, and
 ``info["residual"]`` holds the batch's loss. So ``feascomp train``, its report and its
 checks serve both kinds of method.
@@ -64,15 +64,15 @@ class GradientBackend:
 
     name = "optax"
 
-    def __init__(self, solver):
+    def __init__(self, lowered):
         from .primitives import get
 
-        self.solver = solver
-        loss_op = solver.tensor.by_kind("loss")[0]
+        self.lowered = lowered
+        loss_op = lowered.tensor.by_kind("loss")[0]
         options = {k: v for k, v in loss_op.attrs if k != "kind"}
-        options.update(solver.loss_options)
+        options.update(lowered.loss_options)
         self.loss = get(loss_op.attr("kind"), **options)
-        self.opt = solver.algorithm.optimizer()
+        self.opt = lowered.algorithm.optimizer()
         self._step = None
 
     def _make_step(self):
@@ -82,7 +82,7 @@ class GradientBackend:
 
         from .ir.tensor import evaluate
 
-        s, loss, opt = self.solver, self.loss, self.opt
+        s, loss, opt = self.lowered, self.loss, self.opt
 
         def objective(params, x, onehot):
             logits = evaluate(jnp, s.tensor, params, {s.input_name: x})
@@ -100,14 +100,14 @@ class GradientBackend:
         import jax
         import jax.numpy as jnp
 
-        with self.solver.precision():
-            params = {k: jnp.asarray(v, self.solver.np_dtype) for k, v in params.items()}
+        with self.lowered.precision():
+            params = {k: jnp.asarray(v, self.lowered.np_dtype) for k, v in params.items()}
             return jax.eval_shape(self.opt.init, params)
 
     def compile(self, params) -> float:
         if self._step is not None:
             return 0.0
-        s = self.solver
+        s = self.lowered
         x, y = s.example_batch()
         t0 = time.perf_counter()
         with s.precision():
@@ -118,8 +118,8 @@ class GradientBackend:
         import jax.numpy as jnp
 
         self.compile(params)
-        with self.solver.precision():
-            params = {k: jnp.asarray(v, self.solver.np_dtype) for k, v in params.items()}
+        with self.lowered.precision():
+            params = {k: jnp.asarray(v, self.lowered.np_dtype) for k, v in params.items()}
             if opt_state is None:
                 opt_state = self.opt.init(params)
             params, opt_state, value = self._step(params, opt_state, x, onehot)

@@ -34,12 +34,15 @@ STAGES = ("tensor", "feasibility", "plan")
 
 @dataclasses.dataclass(frozen=True)
 class SolverState:
-    """What carries over between updates: the current parameters, the update count and,
-    with ``warm_start``, the edge state (for SGD/Adam: the optimizer's state)."""
+    """What carries over between updates: the current parameters, the update count, with
+    ``warm_start`` the edge state (for SGD/Adam: the optimizer's state), and buffers the
+    backend writes the next update's edges into. Everything that lives between updates is
+    here; the backend keeps nothing."""
 
     params: dict
     count: int = 0
     edges: Any = None
+    buffers: Any = None  # arrays the next update may write into (donated to it; the jax backend's)
 
 
 def load_model(model) -> TensorModule:
@@ -239,7 +242,11 @@ class Solver:
             )
         self.max_memory = options.max_memory
         self._memory_checked = False
-        self.backend = GradientBackend(self) if gradient else backends.load(options.backend)(self)
+        from .backends.lowered import Lowered
+
+        self.lowered = Lowered(tensor, plan, self.program, self.algorithm, options, self.resolved, self.input_name,
+                               tuple(self.input_shape), self.input_dtype, self.num_classes, self.batch_size, self.tokens)
+        self.backend = GradientBackend(self.lowered) if gradient else backends.load(options.backend)(self.lowered)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
         self._sizes: dict[int, Solver] = {}  # this solver at other batch sizes (for_batch)
@@ -270,7 +277,7 @@ class Solver:
 
     def precision(self):
         """The JAX precision context of this solver's runs (64-bit mode only for float64)."""
-        return _x64(self.dtype)
+        return self.lowered.precision()
 
     # parameters --------------------------------------------------------------------------
     def init_params(self, seed: int = 0) -> dict:
@@ -351,8 +358,7 @@ class Solver:
 
     def example_batch(self):
         """Zeros shaped like one batch (inputs, one-hot labels), for ahead-of-time compiles."""
-        return (np.zeros((self.batch_size,) + self.input_shape, self.input_dtype),
-                np.zeros((self.batch_size, self.num_classes), self.np_dtype))
+        return self.lowered.example_batch()
 
     def check_memory(self) -> None:
         """Refuse (FeascompError) a run whose estimated peak (:attr:`memory`) exceeds
@@ -405,12 +411,19 @@ class Solver:
             return self.for_batch(n).update(state, x, y)
         x, onehot = self._batch(x, y)
         self.check_memory()
-        params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges if self.carry else None)
+        if self.carry:
+            params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges)
+            new = SolverState(params, state.count + 1, edges)
+        else:
+            given = {"buffers": state.buffers} if state.buffers is not None else {}
+            params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, None, **given)
+            buffers = getattr(self.backend, "buffers", None)
+            new = SolverState(params, state.count + 1, None, buffers(edges) if buffers is not None else None)
         info = {"residual": residuals["step"]}
         if "family" in residuals:
             info["family_residual"] = residuals["family"]
             info["families"] = [f.name for f in self.plan.families]
-        return self._tree(params), SolverState(params, state.count + 1, edges if self.carry else None), info
+        return self._tree(params), new, info
 
     # inference and inspection ------------------------------------------------------------
     def apply(self, params: dict, x) -> Any:
@@ -419,7 +432,7 @@ class Solver:
 
         if self._apply is None:
             self._apply = jax.jit(lambda p, x: evaluate(jnp, self.tensor, p, {self.input_name: x}))
-        with _x64(self.dtype):
+        with self.precision():
             return self._apply(self._flat(params), self._input(x))
 
     def accuracy(self, params: dict, x, y) -> float:
@@ -451,11 +464,3 @@ class Solver:
         """What the state between projections takes (edges as the lowering stores them; for
         SGD/Adam the forward values and their gradients)."""
         return self.memory.edge_state
-
-
-def _x64(dtype: str):
-    """JAX's 64-bit mode for this run only, set explicitly from the run's dtype (a
-    context, so nothing depends on a global flag set elsewhere)."""
-    import jax
-
-    return jax.enable_x64(dtype == "float64")

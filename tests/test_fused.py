@@ -163,7 +163,7 @@ def test_cold_start_updates_reuse_the_edge_buffers():
     pointers = []
     for _ in range(3):
         _, state, _ = solver.update(state, rng.normal(size=(4, 6)), rng.integers(0, 3, 4))
-        pointers.append({k: v.unsafe_buffer_pointer() for k, v in solver.backend._spare.items()})
+        pointers.append({k: v.unsafe_buffer_pointer() for k, v in state.buffers.items()})  # carried in the state
     assert pointers[0] and pointers[1] == pointers[2] == pointers[0]
 
 

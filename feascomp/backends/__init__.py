@@ -1,9 +1,13 @@
 """Backends: lower a plan to something that runs. Chosen by name; third-party backends
-register under the entry-point group ``feascomp.backends`` (a class taking the Solver).
+register under the entry-point group ``feascomp.backends`` (a class taking a ``Lowered``: backends/lowered.py).
 
 A backend object provides ``compile(params) -> seconds`` (ahead-of-time work, may be 0)
-and ``update(params, x, onehot) -> (params, residuals)``: K steps of the solver's
-algorithm from a forward-pass initialisation, parameters read from the shadow point.
+and ``update(params, x, onehot, edges=None) -> (params, residuals, edge state)``: K steps
+of the algorithm from ``edges`` (warm start) or a forward-pass initialisation, parameters
+read from the shadow point. Optional: ``buffers(edge state)`` (arrays the next cold-start
+update may write into, passed back as ``update(..., buffers=...)``: the solver state
+carries them) and ``carry_template(params)`` (the carried state's structure, for
+checkpoints). It keeps nothing between updates itself.
 """
 from __future__ import annotations
 

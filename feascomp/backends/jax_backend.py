@@ -7,15 +7,15 @@ import time
 class JaxBackend:
     name = "jax"
 
-    def __init__(self, solver):
-        self.solver = solver
+    def __init__(self, lowered):
+        self.lowered = lowered
         self._compiled = None
         self._compiled_warm = None
         # a cold-start update writes its forward-pass copies of the fused families' edges
-        # into the previous update's buffers (Program.init_edges(spare=...)): new memory's
-        # page faults cost ~17 ms per 100 MB, more than the copy itself
-        self._spare_keys = sorted(getattr(solver.program, "fused_edges", ()))
-        self._spare = None
+        # into the previous update's buffers (Program.init_edges(spare=...)), which the
+        # solver state carries (``buffers``): new memory's page faults cost ~17 ms per
+        # 100 MB, more than the copy itself
+        self._spare_keys = sorted(getattr(lowered.program, "fused_edges", ()))
 
     def update_fn(self, warm: bool = False):
         """The pure update (params, x, onehot[, z[, spare]]) -> (params, residuals, z), for
@@ -25,7 +25,7 @@ class JaxBackend:
         import jax
         import jax.numpy as jnp
 
-        s = self.solver
+        s = self.lowered
         prog, alg, K, input_name, monitor = s.program, s.algorithm, s.steps, s.input_name, s.monitor
 
         def update(params, x, onehot, z=None, spare=None):
@@ -69,22 +69,22 @@ class JaxBackend:
         """The edge state an update returns (what --warm-start carries), as shapes."""
         import jax
 
-        x, y = self.solver.example_batch()
-        with self.solver.precision():
+        x, y = self.lowered.example_batch()
+        with self.lowered.precision():
             return jax.eval_shape(lambda p, x, y: self.update_fn()(p, x, y)[2], params, x, y)
 
     def _spare_shapes(self):
         import jax
 
-        shapes = {e.key: e.type.shape for e in self.solver.plan.edges}
-        return {k: jax.ShapeDtypeStruct(shapes[k], self.solver.np_dtype) for k in self._spare_keys}
+        shapes = {e.key: e.type.shape for e in self.lowered.plan.edges}
+        return {k: jax.ShapeDtypeStruct(shapes[k], self.lowered.np_dtype) for k in self._spare_keys}
 
     def compile(self, params) -> float:
         import jax
 
         if self._compiled is not None:
             return 0.0
-        s = self.solver
+        s = self.lowered
         x, y = s.example_batch()
         t0 = time.perf_counter()
         with s.precision():
@@ -95,23 +95,26 @@ class JaxBackend:
                 self._compiled = jax.jit(self.update_fn()).lower(params, x, y).compile()
         return time.perf_counter() - t0
 
-    def update(self, params, x, onehot, edges=None):
+    def buffers(self, z):
+        """What of an update's edge state the next cold-start update may write into (the
+        fused families' edges: the solver state carries them, and the update donates them),
+        or None."""
+        return {k: z[k] for k in self._spare_keys} if self._spare_keys else None
+
+    def update(self, params, x, onehot, edges=None, buffers=None):
+        """One update: from ``edges`` (warm start) or a forward pass, written into
+        ``buffers`` (donated) where given. Returns (params, residuals, edge state)."""
         import jax
         import jax.numpy as jnp
 
         self.compile(params)
-        with self.solver.precision():
+        with self.lowered.precision():
             if edges is None:
                 if not self._spare_keys:
                     return self._compiled(params, x, onehot)
-                spare = self._spare
-                if spare is None:
-                    spare = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._spare_shapes().items()}
-                self._spare = None  # donated: gone whatever happens below
-                out = self._compiled(params, x, onehot, spare)
-                if not self.solver.warm_start:  # carried edges are donated to the next update: not spare
-                    self._spare = {k: out[2][k] for k in self._spare_keys}
-                return out
+                if buffers is None or any(b.is_deleted() for b in buffers.values()):  # none yet, or given away
+                    buffers = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._spare_shapes().items()}
+                return self._compiled(params, x, onehot, buffers)
             if self._compiled_warm is None:
                 self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))
             return self._compiled_warm(params, x, onehot, edges)

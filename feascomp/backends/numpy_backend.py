@@ -29,23 +29,23 @@ MAX_SCALAR_EDGES = 1_000_000
 class NumpyBackend:
     name = "numpy"
 
-    def __init__(self, solver):
-        edges = sum(e.type.size for e in solver.plan.edges)
+    def __init__(self, lowered):
+        edges = sum(e.type.size for e in lowered.plan.edges)
         if edges > MAX_SCALAR_EDGES:
             raise FeascompError(
                 f"the numpy backend is a per-scalar reference for small models; this one has {edges:,} scalar "
                 f"edges (limit {MAX_SCALAR_EDGES:,}): use --backend jax, or a smaller model or batch"
             )
-        if solver.monitor:
+        if lowered.monitor:
             raise FeascompError("the numpy backend reports step residuals only, not per-family distances "
                                 "(--residuals): use --backend jax")
-        if type(solver.algorithm) not in ITERATIONS:
-            raise FeascompError(f"the numpy backend has no iteration for algorithm {solver.algorithm.name!r}")
-        self.solver = solver
-        self.graph = None if solver.tokens else self._build(None)
+        if type(lowered.algorithm) not in ITERATIONS:
+            raise FeascompError(f"the numpy backend has no iteration for algorithm {lowered.algorithm.name!r}")
+        self.lowered = lowered
+        self.graph = None if lowered.tokens else self._build(None)
 
     def _build(self, tokens):
-        s = self.solver
+        s = self.lowered
         g = ScalarGraph(s.tensor, s.batch_size, weighted=s.weighted, loss_options=s.loss_options, tokens=tokens)
         self.classes = g.by_layer if s.algorithm.uses_layers else g.by_colour
         return g
@@ -54,7 +54,7 @@ class NumpyBackend:
         return 0.0
 
     def update(self, params, x, onehot, edges=None):
-        s = self.solver
+        s = self.lowered
         dt = s.np_dtype
         if s.tokens:  # which table rows feed which nodes depends on the batch: a graph per batch
             if edges is not None:
