@@ -120,6 +120,10 @@ def test_update_takes_a_batch_of_any_size(dr, digits):
     p_ten, _, _ = ten.update(ten.init(dr.init_params(0)), x, y)
     assert all(np.array_equal(np.asarray(p_any[k]), np.asarray(p_ten[k])) for k in p_ten)
     assert dr.for_batch(10) is dr.for_batch(10) and len(info["residual"]) == 5  # compiled once, cached
+    _, after64, _ = dr.update(state, digits.x_train[:64], digits.y_train[:64])
+    _, after10, _ = dr.update(after64, x, y)  # a state holding another batch size's buffers
+    _, _, info = dr.update(after10, digits.x_train[:64], digits.y_train[:64])
+    assert np.isfinite(info["residual"]).all()
     with pytest.raises(FeascompError, match="at least one sample"):
         dr.for_batch(0)
 

@@ -112,8 +112,10 @@ class JaxBackend:
             if edges is None:
                 if not self._spare_keys:
                     return self._compiled(params, x, onehot)
-                if buffers is None or any(b.is_deleted() for b in buffers.values()):  # none yet, or given away
-                    buffers = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._spare_shapes().items()}
+                want = self._spare_shapes()
+                if buffers is None or set(buffers) != set(want) or any(  # none yet, given away, or another batch's
+                        b.is_deleted() or b.shape != want[k].shape or b.dtype != want[k].dtype for k, b in buffers.items()):
+                    buffers = {k: jnp.zeros(v.shape, v.dtype) for k, v in want.items()}
                 return self._compiled(params, x, onehot, buffers)
             if self._compiled_warm is None:
                 self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))
