@@ -98,7 +98,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
             raise numerics.Diverged(u, where, solver.steps, on_divergence)
         run.residual = float(info["residual"][-1])
         out_of_time = max_seconds is not None and run.seconds >= max_seconds
-        evaluated = bool(eval_every) and (u % eval_every == 0 or u == updates or out_of_time)
+        evaluated = bool(eval_every and u % eval_every == 0) or u == updates or out_of_time
         if evaluated:
             run.evaluate(u, u * solver.steps, solver.accuracy(state.params, x_eval, y_eval), state.params,
                          patience=patience, target=target_accuracy)
