@@ -270,6 +270,7 @@ def test_layer_primitives_compile_and_evaluate_like_jax(name, digits):
     assert np.isfinite(np.asarray(info["residual"])).all()
 
 
+@pytest.mark.slow
 def test_jax_cnn_is_the_fc_cnn(digits):
     """A CNN written with lax.conv_general_dilated (NCHW, OIHW, batched) and a global max
     is the same feasibility problem as examples/digits_cnn.fc (HWC, HWIO): the same

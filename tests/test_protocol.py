@@ -202,6 +202,7 @@ seeds = [0]
 """
 
 
+@pytest.mark.slow
 def test_bench_runs_a_grid_writes_tables_and_figures_and_resumes(tmp_path):
     from feascomp.bench import check_spec, run_bench
     import tomllib
