@@ -49,7 +49,6 @@ OPTIONS = {
     "schedule": str, "relaxation": float, "beta": float, "lowering": str, "dtype": str, "weighted": bool,
     "warm_start": bool, "no_fuse_kernels": bool, "validation": float, "seq_len": int, "data_limit": int,
 }
-RUN_KEYS = ("dataset", "model", "method", "seed")
 
 
 def load_spec(path: str) -> dict:

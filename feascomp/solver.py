@@ -199,7 +199,6 @@ class Solver:
         self.monitor = options.monitor
         colours = len({f.attr("colour") for f in plan.families})
         resolved = options.resolve(colours)
-        self.resolved = resolved
         self.steps = resolved.steps
         self.elide_inputs = resolved.elide_inputs
         self.lowering = resolved.lowering

@@ -133,7 +133,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "train_accuracy": solver.accuracy(chosen, ds.x_train, ds.y_train),
         "test_accuracy": solver.accuracy(chosen, ds.x_test, ds.y_test),
         "final_test_accuracy": solver.accuracy(final, ds.x_test, ds.y_test),
-        **run.summary(solver.steps),
+        **run.summary(),
         "final_residual": run.residual,
         "training_seconds": run.seconds,
         "seconds_per_step": run.seconds / max(run.done * solver.steps, 1),
@@ -177,7 +177,7 @@ class _Run:
         elif patience is not None and self.stale >= patience:
             self.stopped, self.stop_reason = True, "patience"
 
-    def summary(self, steps_per_batch) -> dict:
+    def summary(self) -> dict:
         """The paper's columns: the best evaluation, and the first to reach 99 % of it
         (steps and training seconds "to best")."""
         out = {f"best_{self.split}_accuracy": self.best_accuracy if self.evaluations else None,
