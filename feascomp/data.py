@@ -146,6 +146,7 @@ def _higgs(path, limit=None, **_) -> Dataset:
 
 
 SEQ_LEN = 64
+SHIPPED = ("mnist5k", "digits", "digits_tokens")  # from installed packages: no --data
 
 
 def _text(path, seq_len=SEQ_LEN, **_) -> Dataset:
@@ -171,6 +172,9 @@ def load(name: str, path: str | None = None, *, validation: float = VALIDATION, 
         reader = DATASETS[name]
     except KeyError:
         raise FeascompError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}") from None
+    if path is not None and name in SHIPPED:
+        raise FeascompError(f"dataset {name} ships with an installed package and reads no --data {path} "
+                            f"(file-based datasets: {', '.join(n for n in DATASETS if n not in SHIPPED)})")
     return reader(path, seq_len=seq_len, limit=limit).hold_out(validation)
 
 
