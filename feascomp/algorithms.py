@@ -16,6 +16,11 @@ A lowering whose state is not the edge arrays themselves (the collapsed one) pas
 ``combine(fn, *states)`` (apply the linear ``fn`` to states) and ``distance(a, b)``;
 the defaults act leaf by leaf.
 
+Each algorithm also declares its :class:`Projections`: how often a step and the shadow
+project onto each class and how they combine states. A lowering that keeps one value per
+projection (the collapsed one: backends/collapsed.py) sizes its state from it;
+tests/test_collapsed.py checks each declaration against a run of the formula.
+
 Each ``step`` returns the new iterate and a residual that vanishes exactly at a feasible
 point: AP, CP: how far the projections after the first moved the state; DR: |P1(R0 z) - P0 z|
 (the fixed-point residual); DM: |P0(f1 z) - P1(f0 z)|.
@@ -43,6 +48,20 @@ def _norm(xp, a, b):
 
 
 @dataclasses.dataclass(frozen=True)
+class Projections:
+    """How an algorithm's step and shadow use the projections: ``step[c]`` and
+    ``shadow[c]`` calls of project(c, .) each; ``combines``: whether they combine states
+    linearly; ``chain``: whether every combination is of a chain of states (each operand
+    derived from the others by projections: DR, DM with beta = 1) rather than of sibling
+    branches (DM with beta != 1)."""
+
+    step: dict
+    shadow: dict
+    combines: bool
+    chain: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class DouglasRachford:
     name = "dr"
     uses_layers = False
@@ -58,6 +77,10 @@ class DouglasRachford:
 
     def shadow(self, project, z, combine: Callable = _combine):
         return project(0, z)
+
+    @property
+    def projections(self) -> Projections:
+        return Projections(step={0: 1, 1: 1}, shadow={0: 1}, combines=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +99,10 @@ class CyclicProjections:
 
     def shadow(self, project, z, combine: Callable = _combine):
         return z
+
+    @property
+    def projections(self) -> Projections:
+        return Projections(step={c: 1 for c in range(self.classes)}, shadow={}, combines=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +140,11 @@ class DifferenceMap:
 
     def shadow(self, project, z, combine: Callable = _combine):
         return self._parts(project, z, combine)[0]
+
+    @property
+    def projections(self) -> Projections:
+        n = 1 if self.beta == 1.0 else 2
+        return Projections(step={0: n, 1: n}, shadow={0: n, 1: n}, combines=True, chain=self.beta == 1.0)
 
 
 ALGORITHMS = {"ap": AlternatingProjections, "dr": DouglasRachford, "cp": CyclicProjections, "dm": DifferenceMap}
