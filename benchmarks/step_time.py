@@ -123,7 +123,7 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
             params, state, _ = solver.update(state, ds.x_train[i], ds.y_train[i])
             jax.block_until_ready(params)
             times.append((time.perf_counter() - t0) / steps)
-        fused = getattr(solver.program, "fused", None)
+        fused = solver.program.native_step(solver.algorithm) is not None
         rec.update(lowering=solver.lowering + ("+kernel" if fused else ""), seconds_per_step=statistics.median(times), compile_seconds=compile_s,
                    state_bytes=solver.state_bytes)
         mem = solver.backend._compiled.memory_analysis()

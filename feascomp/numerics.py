@@ -95,11 +95,10 @@ def locate(solver, params: dict, x, y, edges=None) -> Where:
             pass
 
         def projector(step):
-            calls = {}
+            inner = prog.projector(jnp, data, step)
 
             def project(c, z):
-                m = calls[c] = calls.get(c, -1) + 1
-                new = prog.project(jnp, c, z, data, prog.write_slot(c, step, m))
+                new = inner(c, z)
                 changed = [k for k in new if new[k] is not z.get(k)]
                 bad = _first_bad(new, changed)
                 if bad is not None:

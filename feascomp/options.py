@@ -9,12 +9,12 @@ import dataclasses
 from typing import Any
 
 from .algorithms import AlternatingProjections, DifferenceMap, DouglasRachford, get_algorithm
+from .backends.lowering import LOWERINGS
 from .errors import FeascompError
 from .gradient import GradientMethod, check_method
 from .passes import DEFAULT_PIPELINE
 
 GRADIENT_METHODS = ("sgd", "adam")
-LOWERINGS = ("materialized", "collapsed")
 DTYPES = ("float32", "float64")
 
 
@@ -92,13 +92,9 @@ class CompileOptions:
             return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fuse_order=None, carry=True,
                             schedule="colours")
         two = colours == 2
-        if self.lowering == "collapsed":
-            why = [w for w, bad in (("--algorithm ap, dr or dm", alg.uses_layers),
-                                    ("a cold start (no --warm-start)", self.warm_start),
-                                    ("no per-family monitoring", self.monitor), ("the jax backend", self.backend != "jax"),
-                                    ("a two-colour plan", not two)) if bad]
-            if why:
-                raise FeascompError("the collapsed lowering needs " + ", ".join(why))
+        why = LOWERINGS[self.lowering].refusals(alg, self, colours)
+        if why:
+            raise FeascompError(f"the {self.lowering} lowering needs " + ", ".join(why))
         if not alg.uses_layers and not two:
             raise FeascompError(
                 f"{alg.name} alternates between two colour classes, but this plan has {colours} colours (its "

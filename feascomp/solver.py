@@ -183,8 +183,7 @@ class Solver:
         """The plan lowered under ``options`` (their rules resolved by
         :meth:`CompileOptions.resolve`); use :func:`compile`."""
         from . import backends
-        from .backends.collapsed import CollapsedProgram
-        from .backends.materialized import Program
+        from .backends.lowering import LOWERINGS
 
         self.tensor: TensorModule = tensor
         self.plan: FeasModule = plan
@@ -203,14 +202,8 @@ class Solver:
         self.elide_inputs = resolved.elide_inputs
         self.lowering = resolved.lowering
         gradient = isinstance(resolved.algorithm, GradientMethod)
-        if gradient or resolved.lowering == "materialized":
-            self.program = Program(plan, weighted=self.weighted, loss_options=self.loss_options,
-                                   schedule=resolved.schedule, elide_inputs=self.elide_inputs,
-                                   fuse_order=resolved.fuse_order)
-        else:
-            self.program = CollapsedProgram(plan, weighted=self.weighted, loss_options=self.loss_options,
-                                            schedule=resolved.schedule, elide_inputs=self.elide_inputs,
-                                            algorithm=resolved.algorithm, steps=resolved.steps)
+        # a gradient method reads the plan (its input, its target) through the materialized lowering
+        self.program = LOWERINGS["materialized" if gradient else resolved.lowering].lower(plan, resolved, options)
         self.resolved = resolved.with_classes(len(self.program.classes))
         self.algorithm = self.resolved.algorithm
         if len(self.program.consts) != 1:

@@ -1,5 +1,6 @@
 """The collapsed lowering: the same iterates as the materialized lowering (AP, DR, DM), from
 producer values and per-node coefficients instead of stored edges."""
+import collections
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import feascomp
 from feascomp import data, primitives
 from feascomp.errors import FeascompError
 from feascomp.frontends.dsl import parse_model
+from feascomp.backends.collapsed import CollapsedSlots
 from feascomp.passes import DEFAULT_PIPELINE, FUSED_PIPELINE
 from models import mlp_source
 
@@ -52,7 +54,7 @@ def test_collapsed_matches_materialized_on_random_mlps(algorithm, options):
         y = rng.integers(0, widths[-1], size=batch)
         pm, rm, _ = run(tensor, batch, "materialized", params, x, y, weighted, algorithm=algorithm, options=options)
         pc, rc, solver = run(tensor, batch, "collapsed", params, x, y, weighted, algorithm=algorithm, options=options)
-        assert solver.program.collapsed  # every dense layer qualifies
+        assert solver.program.strategies(CollapsedSlots)  # every dense layer qualifies
         for k in pm:
             np.testing.assert_allclose(pc[k], pm[k], rtol=1e-8, atol=1e-10, err_msg=k)
         # the collapsed step residual is a quadratic form in the basis' inner products: near 0
@@ -91,8 +93,8 @@ def test_collapsed_matches_materialized_on_examples(model, collapsed, algorithm,
                      algorithm=algorithm, options=options)
     pc, rc, sc = run(tensor, 8, "collapsed", params, x, y, True, steps=3, pipeline=pipeline, updates=2,
                      algorithm=algorithm, options=options)
-    assert set(sc.program.collapsed) == collapsed
-    assert sc.program.recompute_gram == (algorithm == "dm")
+    assert set(sc.program.strategies(CollapsedSlots)) == collapsed
+    assert sc.program.slots.recompute_gram == (algorithm == "dm")
     if algorithm == "ap":
         assert sc.state_bytes < sm.state_bytes
     for k in pm:
@@ -108,9 +110,9 @@ def test_collapsed_state_is_values_and_coefficients():
     assert m.state_bytes > 190e6
     s = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="ap", lowering="collapsed")
     assert s.state_bytes < 2e6
-    assert {c.name: c.slots for c in s.program.collapsed.values()} == {"0": [1, 1], "logits": [1, 1]}
+    assert {c.name: c.slots for c in s.program.strategies(CollapsedSlots).values()} == {"0": [1, 1], "logits": [1, 1]}
     d = feascomp.compile("examples/mnist_mlp.fc", batch_size=256, algorithm="dr", steps=10, lowering="collapsed")
-    assert {c.name: c.slots for c in d.program.collapsed.values()} == {"0": [1, 12], "logits": [12, 12]}
+    assert {c.name: c.slots for c in d.program.strategies(CollapsedSlots).values()} == {"0": [1, 12], "logits": [12, 12]}
     assert d.state_bytes < 15e6
 
 
@@ -183,12 +185,34 @@ def test_dot_linear_rule_reproduces_the_projection(case):
     ("dr", {}, {0: 1, 1: 1}, {0: 1}, True, True),
     ("dm", {}, {0: 1, 1: 1}, {0: 1, 1: 1}, True, True),
     ("dm", {"beta": 0.7}, {0: 2, 1: 2}, {0: 2, 1: 2}, True, False),
+    ("cp", {"classes": 5}, {c: 1 for c in range(5)}, {}, False, True),
 ])
-def test_projection_counts_size_the_slots(algorithm, options, per_step, shadow, combines, chain):
-    from feascomp.algorithms import get_algorithm
-    from feascomp.backends.collapsed import count_projections
+def test_declared_projections_match_the_formula(algorithm, options, per_step, shadow, combines, chain):
+    """Each algorithm's declared Projections (which size the collapsed lowering's slots) are
+    what a run of its step and shadow does: a counting projection, and a combine that
+    records whether every combination is of a chain of states."""
+    from feascomp.algorithms import Projections, get_algorithm
 
-    assert count_projections(get_algorithm(algorithm, **options)) == (per_step, shadow, combines, chain)
+    calls, combined, is_chain = [], [], [True]
+
+    def project(c, z):
+        calls.append(c)
+        return {"v": z["v"], "w": z["w"] | {object()}}
+
+    def combine(fn, *states):
+        combined.append(True)
+        union = frozenset().union(*(s["w"] for s in states))
+        is_chain[0] = is_chain[0] and any(s["w"] == union for s in states)
+        return {"v": fn(*(s["v"] for s in states)), "w": union}
+
+    alg = get_algorithm(algorithm, **options)
+    z = {"v": 1.0, "w": frozenset()}
+    alg.step(np, project, z, distance=lambda a, b: 0.0, combine=combine)
+    step = dict(collections.Counter(calls))
+    calls.clear()
+    alg.shadow(project, z, combine=combine)
+    counted = Projections(step=step, shadow=dict(collections.Counter(calls)), combines=bool(combined), chain=is_chain[0])
+    assert counted == Projections(per_step, shadow, combines, chain) == alg.projections
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -234,7 +258,7 @@ def test_collapsed_dot_with_unused_outputs(algorithm):
     x, y = rng.normal(size=(4, 6)), rng.integers(0, 3, 4)
     pm, rm, _ = run(tensor, 4, "materialized", params, x, y, True, algorithm=algorithm)
     pc, rc, s = run(tensor, 4, "collapsed", params, x, y, True, algorithm=algorithm)
-    assert "z" in s.program.collapsed and s.program.info["z"].has_unused
+    assert "z" in s.program.strategies(CollapsedSlots) and s.program.info["z"].has_unused
     for k in pm:
         np.testing.assert_allclose(pc[k], pm[k], rtol=1e-9, atol=1e-11, err_msg=k)
     np.testing.assert_allclose(rc, rm, rtol=1e-8, atol=1e-10)

@@ -6,6 +6,7 @@ import pytest
 
 import feascomp
 from feascomp import data
+from feascomp.backends.storage import ElidedInputs
 from feascomp.passes import DEFAULT_PIPELINE, FUSED_PIPELINE
 
 MODELS = ["examples/digits_mlp.fc", "examples/digits_cnn.fc", "examples/digits_readout.fc", "examples/digits_residual.fc",
@@ -29,7 +30,7 @@ def test_elided_inputs_give_the_same_ap_iterates(model, weighted, digits):
         state = s.init(s.init_params(0))
         for i in range(2):
             p, state, info = s.update(state, digits.x_train[8 * i : 8 * i + 8], digits.y_train[8 * i : 8 * i + 8])
-        out[elide] = (p, np.asarray(info["residual"]), s.state_bytes, bool(s.program.elided))
+        out[elide] = (p, np.asarray(info["residual"]), s.state_bytes, bool(s.program.strategies(ElidedInputs)))
     assert out[True][3] and not out[False][3]
     assert out[True][2] < out[False][2]
     for k in out[False][0]:
@@ -42,4 +43,4 @@ def test_elided_inputs_give_the_same_ap_iterates(model, weighted, digits):
                                      dict(algorithm="ap", elide_inputs=False)])
 def test_inputs_are_stored_where_eliding_would_change_the_iterates(options):
     s = feascomp.compile("examples/digits_mlp.fc", batch_size=4, **options)
-    assert not s.program.elided
+    assert not s.program.strategies(ElidedInputs)

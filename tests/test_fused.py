@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from models import mlp_source
 
 import feascomp
+from feascomp.backends.fused import FusedSums
 import feascomp.primitives as P
 from feascomp import kernels
 from feascomp.frontends.dsl import parse_model
@@ -146,7 +147,7 @@ def test_fused_step_gives_the_algorithms_iterates(case):
     # two updates: the second writes its forward pass into the first's buffers
     fused, pf, inf = _update(source, True, batch, x, y, updates=2, **kw)
     plain, pp, inp = _update(source, False, batch, x, y, updates=2, **kw)
-    assert fused.program.fused and not plain.program.fused
+    assert fused.program.strategies(FusedSums) and not plain.program.strategies(FusedSums)
     for k in pp:
         np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
     for a, b in zip(inf, inp):
@@ -190,20 +191,21 @@ def test_which_families_fuse():
     mlp = os.path.join(root, "examples", "mnist_mlp.fc")
     readout = os.path.join(root, "examples", "mnist_mlp4_readout.fc")
     s = feascomp.compile(mlp, batch_size=8, steps=1)
-    assert {n: f.first for n, f in s.program.fused.items()} == {"0": False, "logits": False}
+    assert {n: f.first for n, f in s.program.strategies(FusedSums).items()} == {"0": False, "logits": False}
     s = feascomp.compile(readout, batch_size=8, steps=1)
-    assert len(s.program.fused) == 8 and all(f.first for f in s.program.fused.values())
+    assert len(s.program.strategies(FusedSums)) == 8 and all(f.first for f in s.program.strategies(FusedSums).values())
     s = feascomp.compile(mlp, batch_size=8, steps=1, algorithm="dm")  # beta = 1: DR's step, classes swapped
-    assert {n: f.first for n, f in s.program.fused.items()} == {"0": True, "logits": True}
+    assert {n: f.first for n, f in s.program.strategies(FusedSums).items()} == {"0": True, "logits": True}
     for kw in (dict(algorithm="ap"), dict(algorithm="dm", beta=0.7), dict(fuse_kernels=False),
                dict(lowering="collapsed")):
-        assert not getattr(feascomp.compile(mlp, batch_size=8, steps=1, **kw).program, "fused", {}), kw
+        assert not feascomp.compile(mlp, batch_size=8, steps=1, **kw).program.strategies(FusedSums), kw
     # a plan whose dot asks for XLA's form (option kernel = "xla") keeps it out
     import dataclasses
 
-    from feascomp.backends.materialized import Program
+    from feascomp.backends.lowering import LOWERINGS
 
-    plan = feascomp.compile(mlp, batch_size=8, steps=1).plan
+    s = feascomp.compile(mlp, batch_size=8, steps=1)
     families = tuple(dataclasses.replace(f, attrs=f.attrs + (("kernel", "xla"),)) if f.name == "logits" else f
-                     for f in plan.families)
-    assert set(Program(dataclasses.replace(plan, families=families), fuse_order=(0, 1)).fused) == {"0"}
+                     for f in s.plan.families)
+    program = LOWERINGS["materialized"].lower(dataclasses.replace(s.plan, families=families), s.resolved, s.options)
+    assert set(program.strategies(FusedSums)) == {"0"}

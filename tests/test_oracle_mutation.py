@@ -3,7 +3,7 @@ in-process (its source edited and re-executed, then monkeypatched in), must make
 backend disagree with the NumPy scalar-graph oracle, which runs its own iterations
 (backends/numpy_backend.py). Without the change they agree (the control).
 
-The fused DR step (backends/materialized.py ``dr_step``) writes DR's update again for
+The fused DR step (backends/fused.py ``dr_step``) writes DR's update again for
 the edges outside its kernels; it is mutated the same way, with the kernels on."""
 import inspect
 import sys
@@ -14,7 +14,7 @@ import pytest
 
 import feascomp
 from feascomp import algorithms, kernels
-from feascomp.backends import materialized
+from feascomp.backends import fused
 from feascomp.frontends.dsl import parse_model
 from models import mlp_source
 
@@ -46,7 +46,7 @@ def _mutate(monkeypatch, owner, method: str, old: str, new: str):
     install the result on ``owner`` for this test."""
     source = textwrap.dedent(inspect.getsource(getattr(owner, method)))
     assert source.count(old) == 1, f"{owner.__name__}.{method} no longer reads {old!r}: update this mutation"
-    module = sys.modules[owner.__module__]
+    module = owner if inspect.ismodule(owner) else sys.modules[owner.__module__]
     namespace: dict = {}
     exec(compile(source.replace(old, new), inspect.getsourcefile(owner), "exec"), vars(module), namespace)
     monkeypatch.setattr(owner, method, namespace[method])
@@ -86,5 +86,5 @@ def test_changed_coefficient_is_caught(monkeypatch, algorithm, options, owner, m
 @pytest.mark.skipif(not kernels.load("dot_project"), reason="the native kernels do not build here")
 def test_changed_coefficient_in_the_fused_step_is_caught(monkeypatch):
     assert _agree("dr", {}, fuse=True)
-    _mutate(monkeypatch, materialized.Program, "dr_step", "new[k] = z[k] + 2 * r * d", "new[k] = z[k] + 2.01 * r * d")
+    _mutate(monkeypatch, fused, "dr_step", "new[k] = z[k] + 2 * r * d", "new[k] = z[k] + 2.01 * r * d")
     assert not _agree("dr", {}, fuse=True), "a changed coefficient in the fused DR step passed the oracle comparison"

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feascomp.backends.materialized import Program
+from feascomp.backends.analysis import PlanAnalysis
+from feascomp.backends.lowering import plain
 from feascomp.errors import FeascompError
 from feascomp.frontends.dsl import parse_model
 from feascomp.ir import Edge, Family, FeasModule, TensorType, feasibility
@@ -44,7 +45,7 @@ def test_scalarized_forward_equals_tensor_forward(case):
     unfused = run_pipeline(tensor, [ScalarizePass(batch)])
     fused = run_pipeline(unfused, [FuseSumReluPass()])
     for m in (unfused, fused):
-        vals = Program(run_pipeline(m, [ColorPass()])).forward_values(np, params, {"x": x})
+        vals = PlanAnalysis(run_pipeline(m, [ColorPass()])).forward_values(np, params, {"x": x})
         np.testing.assert_allclose(vals["logits"], ref, rtol=1e-12, atol=1e-12)
     # fuse-sum-relu removes exactly the sum families that fed a relu
     n_sum = sum(f.kind == "sum" for f in unfused.families)
@@ -105,13 +106,13 @@ def test_projection_makes_each_colours_constraints_hold():
     materialized lowering's gather/scatter and consensus)."""
     tensor = parse_model(mlp_source([5, 4, 3], [True] * 5))
     plan = run_pipeline(tensor, parse_pipeline("scalarize,fuse-sum-relu,color", batch=3))
-    prog = Program(plan)
+    prog = plain(plan)
     rng = np.random.default_rng(0)
     z = {e.key: rng.normal(size=e.type.shape) for e in plan.edges}
     data = {"x": rng.normal(size=(3, 5)), "__labels__": np.eye(3)[[0, 1, 2]]}
     for c in (0, 1):
         p = prog.project(np, c, z, data)
-        for name in prog.by_colour[c]:
+        for name in prog.analysis.by_colour[c]:
             info = prog.info[name]
             f = info.family
             if f.is_function:
@@ -120,7 +121,7 @@ def test_projection_makes_each_colours_constraints_hold():
                 for e in info.out:
                     np.testing.assert_allclose(p[e.key], e.map.apply(np, y, e.type.shape), atol=1e-9)
             elif f.kind == "param":
-                mean = prog._mean_out(np, info, p, data)
+                mean = prog.mean_out(np, info, p, data)
                 for e in info.out:
                     np.testing.assert_allclose(p[e.key], e.map.apply(np, mean, e.type.shape), atol=1e-12)
             elif f.kind == "const":
@@ -193,8 +194,8 @@ def test_insert_identities_is_minimal_and_preserves_values(case, seed):
     coloured = ColorPass().run(out)  # bipartite now: colouring succeeds
     assert all(coloured.colour(e.src) != coloured.colour(e.dst) for e in coloured.edges)
     x = np.random.default_rng(seed).normal(size=(1,))
-    before = Program(m).forward_values(np, {}, {"f0": x})
-    after = Program(out).forward_values(np, {}, {"f0": x})
+    before = PlanAnalysis(m).forward_values(np, {}, {"f0": x})
+    after = PlanAnalysis(out).forward_values(np, {}, {"f0": x})
     for f in m.families:
         if f.kind != "target":
             np.testing.assert_allclose(after[f.name], before[f.name], rtol=1e-12)

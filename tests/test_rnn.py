@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import feascomp
-from feascomp.backends.materialized import Program
+from feascomp.backends.analysis import PlanAnalysis
 from feascomp.frontends.dsl import parse_model
 from feascomp.ir.tensor import evaluate
 from feascomp.ir.text import parse_ir, print_plan
@@ -67,7 +67,7 @@ def test_split_preserves_forward_values_and_needs_no_identities(case, batch, see
     rng = np.random.default_rng(seed)
     params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
     x = rng.normal(size=(batch,) + tensor.by_kind("input")[0].type.shape)
-    vals = Program(plan).forward_values(np, params, {"x": x})
+    vals = PlanAnalysis(plan).forward_values(np, params, {"x": x})
     into_target = sorted(plan.in_edges("target"), key=lambda e: e.start)  # the logits, as the target reads them
     logits = np.concatenate([e.map.apply(np, vals[e.src], e.type.shape, {"x": x}) for e in into_target], -1)
     np.testing.assert_allclose(logits, evaluate(np, tensor, params, {"x": x}), rtol=1e-12, atol=1e-12)

@@ -34,6 +34,11 @@ values and cached inner products agree wherever two states both hold them (each 
 written once) and are 0 where a state does not, so they merge elementwise -- along a chain
 of states; DM with β ≠ 1 combines sibling branches, and there the cache is recomputed.
 
+The number of slots comes from the algorithm's declared :class:`~feascomp.algorithms.Projections`
+(:class:`SlotPlan`); the program's ``projector`` tells each projection which slot it
+writes. Each collapsed family is a :class:`CollapsedSlots` storage; :class:`GramForms`
+holds its inner-product algebra.
+
 The same iterates in exact arithmetic; in floating point the per-node norms come from inner
 products, which loses relative accuracy where a port's terms cancel (e.g. a ≈ -b) --
 tests check agreement with the materialized lowering in float64. Not for warm starts or
@@ -42,16 +47,14 @@ ports) stay materialized.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import string
 
-import jax
 import numpy as np
 
 from ..ir.feasibility import BroadcastMap, Edge
-from .materialized import Program
+from .storage import Storage
 
 
 def _set_index(xp, arr, index, value, axis: int):
@@ -67,199 +70,67 @@ def _set_index(xp, arr, index, value, axis: int):
     return lax.dynamic_update_index_in_dim(arr, xp.asarray(value, arr.dtype), index, axis)
 
 
-class _State(dict):
-    """A state (edges, slot values, coefficients, cached products) that knows which
-    projections of the current step wrote into it (``written``: tokens, at trace time). In a
-    chain of states the one whose ``written`` contains every other's holds every slot the
-    others hold, so combining reads its slots instead of merging them. A JAX pytree whose
-    structure is its keys only: across ``lax.scan``'s carry ``written`` starts empty."""
+class SlotPlan:
+    """Which slot each projection writes, from the algorithm's declared projections
+    (algorithms.Projections) and the steps per update. Under an algorithm that does not
+    combine states (AP, CP) every write overwrites slot 0; otherwise each producer-colour
+    projection of an update has its own: the forward pass's (0), then one per projection
+    of each step, then the shadow's."""
 
-    def __init__(self, items=(), written: frozenset = frozenset()):
-        super().__init__(items)
-        self.written = written
-
-
-def _flatten_state(s: _State):
-    keys = tuple(sorted(s))
-    return tuple(s[k] for k in keys), keys
-
-
-def _unflatten_state(keys, values) -> _State:
-    return _State(zip(keys, values))
-
-
-jax.tree_util.register_pytree_node(_State, _flatten_state, _unflatten_state)
-
-
-@dataclasses.dataclass
-class _Collapsed:
-    name: str
-    edges: list  # one edge per port, in port order
-    labels: list  # per port: the producer's axes as einsum letters
-    node: str  # node axes' letters
-    port: str  # the port axis' letter
-    node_shape: tuple
-    length: int  # port length
-    slots: list  # per port: slots of its basis (1 for an input: its value never changes)
-    offsets: list  # per port: where its slots start in the coefficient axis (e1 is last)
-
-    @property
-    def terms(self) -> int:
-        return sum(self.slots) + 1
-
-    def value_key(self, k: int) -> str:
-        return f"{self.name}#{self.edges[k].port}"
-
-    def coef_key(self, k: int) -> str:
-        return f"{self.name}#coef:{self.edges[k].port}"
-
-    def gram_key(self, i: int, j: int) -> str:
-        """The inner products of basis i's slots with basis j's (i <= j; basis len(ports) is e1)."""
-        return f"{self.name}#gram:{i}:{j}"
-
-    def out_labels(self, li: str, lj: str) -> str:
-        return "".join(x for x in self.node if x in li or x in lj)
-
-
-def count_projections(algorithm) -> tuple[dict, dict, bool, bool]:
-    """A dry run of one step and the shadow with a counting projection: how often each
-    projects onto each class, whether the algorithm combines states, and whether every
-    combination is of a chain of states (each operand's projections contain the others':
-    DR, DM with β = 1) rather than of sibling branches (DM with β ≠ 1)."""
-    calls: list = []
-    combined = []
-    chain = [True]
-
-    def project(c, z):
-        calls.append(c)
-        return {"v": z["v"], "w": z["w"] | {object()}}
-
-    def combine(fn, *states):
-        combined.append(True)
-        union = frozenset().union(*(s["w"] for s in states))
-        chain[0] = chain[0] and any(s["w"] == union for s in states)
-        return {"v": fn(*(s["v"] for s in states)), "w": union}
-
-    z = {"v": 1.0, "w": frozenset()}
-    algorithm.step(np, project, z, distance=lambda a, b: 0.0, combine=combine)
-    per_step = collections.Counter(calls)
-    calls.clear()
-    algorithm.shadow(project, z, combine=combine)
-    return dict(per_step), dict(collections.Counter(calls)), bool(combined), chain[0]
-
-
-class CollapsedProgram(Program):
-    """A :class:`Program` in which qualifying dot families keep slot values and coefficients."""
-
-    def __init__(self, plan, *, algorithm, steps: int, **kw):
-        super().__init__(plan, **kw)
-        if len(self.classes) != 2:
-            raise ValueError("the collapsed lowering needs a two-colour schedule")
-        self.per_step, per_shadow, self.combines, chain = count_projections(algorithm)
+    def __init__(self, projections, steps: int):
+        self.combines = projections.combines
+        self.per_step = dict(projections.step)
         # cached inner products merge like slot values only along a chain of states; where
         # sibling branches each wrote a slot, the pair's product is in neither: recompute
-        self.recompute_gram = self.combines and not chain
-        # slots a producer colour c writes in one update: the forward pass's, then one per
-        # projection of c (each its own under DR/DM; overwritten in place under AP/CP)
-        self.writes = {c: 1 + steps * self.per_step.get(c, 0) + per_shadow.get(c, 0) for c in range(2)}
-        self.collapsed: dict[str, _Collapsed] = {}
-        for name, info in self.info.items():
-            c = self._collapsible(info)
-            if c is not None:
-                self.collapsed[name] = c
-        # a collapsed family is projected on its own, not stacked with others
-        for name in list(self.group_of):
-            group = [n for n in self.group_of[name] if n not in self.collapsed]
-            if name in self.collapsed or len(group) < 2:
-                del self.group_of[name]
-            else:
-                self.group_of[name] = group
-        self.collapsed_edges = {e.key: (c, k) for c in self.collapsed.values() for k, e in enumerate(c.edges)}
-        self.value_keys = {c.value_key(k) for c in self.collapsed.values() for k in range(len(c.edges))}
-        self.coef_keys = {c.coef_key(k) for c in self.collapsed.values() for k in range(len(c.edges))}
-        self.gram_keys = {c.gram_key(i, j) for c in self.collapsed.values()
-                          for i in range(len(c.edges) + 1) for j in range(i, len(c.edges) + 1) if not i == j == len(c.edges)}
+        self.recompute_gram = projections.combines and not projections.chain
+        self.writes = {c: 1 + steps * projections.step.get(c, 0) + projections.shadow.get(c, 0) for c in (0, 1)}
 
-    def _collapsible(self, info) -> _Collapsed | None:
-        f = info.family
-        if not f.is_function or info.prim.linear_rule is None or not info.out:
-            return None
-        edges = []
-        for _, n, es in info.in_ports:
-            if not n or len(es) != 1:
-                return None
-            e = es[0]
-            rank = len(e.type.shape)
-            if not isinstance(e.map, BroadcastMap) or rank - 1 not in e.map.src_axes or rank > 24:
-                return None
-            if self.info[e.src].family.type.dtype == "i32":
-                return None
-            edges.append(e)
-        rank = len(edges[0].type.shape)
-        letters = string.ascii_lowercase[:rank]
-        colour = {n: i for i, names in enumerate(self.classes) for n in names}
-        slots = []
-        for e in edges:
-            const = self.info[e.src].family.kind == "const"
-            slots.append(1 if const or not self.combines else self.writes[colour[e.src]])
-        return _Collapsed(
-            name=f.name,
-            edges=edges,
-            labels=["".join(letters[k] for k in e.map.src_axes) for e in edges],
-            node=letters[:-1],
-            port=letters[-1],
-            node_shape=tuple(f.type.shape),
-            length=int(edges[0].type.shape[-1]),
-            slots=slots,
-            offsets=[sum(slots[:k]) for k in range(len(slots))],
-        )
-
-    def write_slot(self, c: int, step, call: int):
+    def slot(self, c: int, step, call: int):
         """The slot the ``call``-th projection onto class c of step ``step`` writes (step K:
         the shadow after the last step)."""
         if not self.combines:
             return 0
         return 1 + step * self.per_step.get(c, 0) + call
 
-    # the representation ---------------------------------------------------------------------
-    def _bases(self, xp, c: _Collapsed, z: dict, data: dict, dtype):
-        """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
-        out = []
-        for k, e in enumerate(c.edges):
-            v = data[e.src][None] if self.info[e.src].family.kind == "const" else z[c.value_key(k)]
-            out.append((v, c.labels[k], c.offsets[k]))
-        out.append((self._first(xp, c, dtype)[None], c.port, c.terms - 1))
-        return out
 
-    def _is_const(self, c: _Collapsed, offset: int) -> bool:
-        """Whether the basis starting at ``offset`` is an input's (its value is the data)."""
-        return any(o == offset and self.info[e.src].family.kind == "const" for e, o in zip(c.edges, c.offsets))
+@dataclasses.dataclass(frozen=True)
+class GramForms:
+    """The inner-product algebra of a collapsed family's ports: einsum labels of each
+    port's basis, and quadratic forms of per-node coefficients over the bases' inner
+    products."""
 
-    def _first(self, xp, c: _Collapsed, dtype):
-        return (xp.arange(c.length) == 0).astype(dtype)
+    labels: tuple  # per port: the producer's axes as einsum letters
+    node: str  # node axes' letters
+    port: str  # the port axis' letter
+    node_shape: tuple
 
-    def _onehot(self, xp, c: _Collapsed, term, dtype):
-        """Coefficients selecting one term: [terms] + node shape."""
-        hot = (xp.arange(c.terms) == term).astype(dtype)
-        return xp.broadcast_to(xp.reshape(hot, (c.terms,) + (1,) * len(c.node_shape)), (c.terms,) + c.node_shape)
+    def out_labels(self, li: str, lj: str) -> str:
+        return "".join(x for x in self.node if x in li or x in lj)
 
-    def _block(self, xp, c: _Collapsed, bi, bj):
+    def block(self, xp, bi, bj):
         """Inner products of two bases' slots: [slots_i, slots_j] + their node axes."""
         (vi, li, _), (vj, lj, _) = bi, bj
-        return xp.einsum(f"Y{li},Z{lj}->YZ{c.out_labels(li, lj)}", vi, vj)
+        return xp.einsum(f"Y{li},Z{lj}->YZ{self.out_labels(li, lj)}", vi, vj)
 
-    def _quadratic(self, xp, c: _Collapsed, bases, pairs, block):
+    def node_block(self, xp, g, li: str, lj: str):
+        """A per-node inner product over the labels both bases carry, broadcast to nodes."""
+        out = self.out_labels(li, lj)
+        shape = tuple(n if x in out else 1 for x, n in zip(self.node, self.node_shape))
+        return xp.broadcast_to(xp.reshape(g, shape), self.node_shape)
+
+    def quadratic(self, xp, bases, pairs, block):
         """Per node, for each (C1, C2) in ``pairs``: <sum_t C1[t] X_t, sum_u C2[u] X_u>, from
         the bases' inner products ``block(i, j)`` (i <= j), shared by every pair."""
         totals = [0.0] * len(pairs)
-        node = c.node
+        node = self.node
         for i, (vi, li, oi) in enumerate(bases):
             for j, (vj, lj, oj) in enumerate(bases):
                 if j < i:
                     continue
-                out = c.out_labels(li, lj)
+                out = self.out_labels(li, lj)
                 g = block(i, j)
                 si, sj = vi.shape[0], vj.shape[0]
+
                 def form(ca, cb):
                     """sum_y sum_z Ca[y] G[y, z] Cb[z] per node. A block over every node
                     axis is applied elementwise (as an einsum it is one tiny matrix product
@@ -276,268 +147,323 @@ class CollapsedProgram(Program):
                     if j != i:
                         t = t + form(c2[oi : oi + si], c1[oj : oj + sj])
                     totals[p] = totals[p] + t
-        return [xp.broadcast_to(t, c.node_shape) for t in totals]
+        return [xp.broadcast_to(t, self.node_shape) for t in totals]
 
-    def _node_block(self, xp, c: _Collapsed, g, li: str, lj: str):
-        """A per-node inner product over the labels both bases carry, broadcast to nodes."""
-        out = c.out_labels(li, lj)
-        shape = tuple(n if x in out else 1 for x, n in zip(c.node, c.node_shape))
-        return xp.broadcast_to(xp.reshape(g, shape), c.node_shape)
+    def apply(self, xp, coef, v, lab: str):
+        """sum_y coef[y] v[y] per node and port entry (a basis' part of a port's values)."""
+        return xp.einsum(f"Y{self.node},Y{lab}->{self.node}{self.port}", coef, v)
 
-    def _cached(self, xp, c: _Collapsed, z: dict):
+
+class CollapsedSlots(Storage):
+    """A dot-like family whose in-edges are kept as slot values and coefficients (module
+    docstring). State keys: ``name#port`` (a non-input producer's slots), ``name#coef:port``
+    ([terms] + node shape) and ``name#gram:i:j`` (cached inner products of bases i <= j;
+    basis len(ports) is e1). ``elide``: the input's port takes no part in distances (AP, as
+    storage.ElidedInputs)."""
+
+    kind = "collapsed slots"
+    stacks = False  # projected on its own, not stacked with its fuse-projections group
+
+    def __init__(self, analysis, info, edges: list[Edge], slots: list[int], plan: SlotPlan, elide: bool):
+        super().__init__(analysis, info)
+        self.name = info.name
+        self.edges = edges  # one per port, in port order
+        self.plan = plan
+        self.tracks_writes = plan.combines
+        self.elide = elide
+        rank = len(edges[0].type.shape)
+        letters = string.ascii_lowercase[:rank]
+        self.forms = GramForms(tuple("".join(letters[k] for k in e.map.src_axes) for e in edges), letters[:-1],
+                               letters[-1], tuple(info.family.type.shape))
+        self.node_shape = self.forms.node_shape
+        self.length = int(edges[0].type.shape[-1])  # port length
+        self.slots = slots  # per port: slots of its basis (1 for an input: its value never changes)
+        self.offsets = [sum(slots[:k]) for k in range(len(slots))]  # where they start in the coefficient axis
+        self.const = [analysis.is_const(e.src) for e in edges]
+        self.port_of = {e.key: k for k, e in enumerate(edges)}
+        n = len(edges)
+        self.value_keys = [self.value_key(k) for k in range(n) if not self.const[k]]
+        self.coef_keys = [self.coef_key(k) for k in range(n)]
+        self.gram_keys = [self.gram_key(i, j) for i in range(n + 1) for j in range(i, n + 1) if not i == j == n]
+
+    @property
+    def terms(self) -> int:
+        return sum(self.slots) + 1
+
+    def value_key(self, k: int) -> str:
+        return f"{self.name}#{self.edges[k].port}"
+
+    def coef_key(self, k: int) -> str:
+        return f"{self.name}#coef:{self.edges[k].port}"
+
+    def gram_key(self, i: int, j: int) -> str:
+        return f"{self.name}#gram:{i}:{j}"
+
+    def keys(self) -> list[str]:
+        return self.value_keys + self.coef_keys + self.gram_keys
+
+    # the representation ---------------------------------------------------------------------
+    def bases(self, xp, z: dict, data: dict, dtype):
+        """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
+        out = []
+        for k, e in enumerate(self.edges):
+            v = data[e.src][None] if self.const[k] else z[self.value_key(k)]
+            out.append((v, self.forms.labels[k], self.offsets[k]))
+        out.append((self._first(xp, dtype)[None], self.forms.port, self.terms - 1))
+        return out
+
+    def _is_const(self, offset: int) -> bool:
+        """Whether the basis starting at ``offset`` is an input's (its value is the data)."""
+        return any(o == offset and c for c, o in zip(self.const, self.offsets))
+
+    def _first(self, xp, dtype):
+        return (xp.arange(self.length) == 0).astype(dtype)
+
+    def _onehot(self, xp, term, dtype):
+        """Coefficients selecting one term: [terms] + node shape."""
+        hot = (xp.arange(self.terms) == term).astype(dtype)
+        shape = (self.terms,) + self.node_shape
+        return xp.broadcast_to(xp.reshape(hot, (self.terms,) + (1,) * len(self.node_shape)), shape)
+
+    def _cached(self, xp, z: dict):
         """``block`` reading a state's cached inner products (e1 with itself is 1)."""
-        one = len(c.edges)
+        one = len(self.edges)
 
         def block(i, j):
             if i == j == one:
-                return xp.ones((1, 1), z[c.coef_key(0)].dtype)
-            return z[c.gram_key(i, j)]
+                return xp.ones((1, 1), z[self.coef_key(0)].dtype)
+            return z[self.gram_key(i, j)]
 
         return block
 
-    def _update_gram(self, xp, c: _Collapsed, z: dict, data: dict, ports, slot, dtype):
-        """After ports ``ports`` wrote slot ``slot``: their rows and columns of the cached
-        inner products (against every basis' current slots, so two ports written together
-        see each other's new values)."""
-        bases = self._bases(xp, c, z, data, dtype)
-        for k in ports:
-            vk, lk, _ = bases[k]
-            new = xp.take(vk, slot, axis=0) if not isinstance(slot, int) else vk[slot]
-            for j, (vj, lj, _) in enumerate(bases):
-                i0, j0 = min(k, j), max(k, j)
-                key = c.gram_key(i0, j0)
-                g = z[key]
-                if k <= j:  # row ``slot`` of block (k, j)
-                    row = xp.einsum(f"{lk},Z{lj}->Z{c.out_labels(lk, lj)}", new, vj)
-                    g = row[None] if g.shape[0] == 1 else _set_index(xp, g, slot, row, 0)
-                # column ``slot`` of block (j, k); with one slot per port it is the row that
-                # j (written in this projection too, before k) or k itself already set
-                if k >= j and not (g.shape[0] == 1 and (k == j or j in ports)):
-                    col = xp.einsum(f"Y{lj},{lk}->Y{c.out_labels(lj, lk)}", vj, new)
-                    g = col[:, None] if g.shape[1] == 1 else _set_index(xp, g, slot, col, 1)
-                z[key] = g
-
-    def materialize(self, xp, c: _Collapsed, k: int, z: dict, data: dict):
-        """Port k's edge values (to read them as a whole: tests, fallbacks)."""
-        coef = z[c.coef_key(k)]
-        total = 0.0
-        for v, lab, off in self._bases(xp, c, z, data, coef.dtype):
-            total = total + xp.einsum(f"Y{c.node},Y{lab}->{c.node}{c.port}", coef[off : off + v.shape[0]], v)
-        return xp.broadcast_to(total, c.node_shape + (c.length,))
-
-    # hooks of Program -------------------------------------------------------------------------
-    def init_edges(self, xp, vals: dict, data: dict, spare: dict | None = None) -> dict:
-        """``spare`` is unused: this lowering fuses nothing (Program.init_edges)."""
-        z = {e.key: e.map.apply(xp, vals[e.src], e.type.shape, data)
-             for e in self.plan.edges if e.key not in self.elided and e.key not in self.collapsed_edges}
-        for c in self.collapsed.values():
-            for k, e in enumerate(c.edges):
-                v = vals[e.src]
-                if self.info[e.src].family.kind != "const":
-                    z[c.value_key(k)] = xp.concatenate([v[None], xp.zeros((c.slots[k] - 1,) + v.shape, v.dtype)])
-                z[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k], v.dtype)
-            self._all_blocks(xp, c, z, data)
-        return _State(z) if self.combines else z
-
-    def _all_blocks(self, xp, c: _Collapsed, z: dict, data: dict):
-        bases = self._bases(xp, c, z, data, z[c.coef_key(0)].dtype)
+    def _all_blocks(self, xp, z: dict, data: dict):
+        bases = self.bases(xp, z, data, z[self.coef_key(0)].dtype)
         for i in range(len(bases)):
             for j in range(i, len(bases)):
-                if not i == j == len(c.edges):
-                    z[c.gram_key(i, j)] = self._block(xp, c, bases[i], bases[j])
+                if not i == j == len(self.edges):
+                    z[self.gram_key(i, j)] = self.forms.block(xp, bases[i], bases[j])
 
-    def _edge(self, xp, e: Edge, z: dict, data: dict):
-        if e.key in self.collapsed_edges:
-            c, k = self.collapsed_edges[e.key]
-            return self.materialize(xp, c, k, z, data)
-        return super()._edge(xp, e, z, data)
-
-    def _transpose_edge(self, xp, e: Edge, z: dict, data: dict):
-        if e.key not in self.collapsed_edges:
-            return super()._transpose_edge(xp, e, z, data)
-        c, k = self.collapsed_edges[e.key]
-        coef = z[c.coef_key(k)]
+    def materialize(self, xp, k: int, z: dict, data: dict):
+        """Port k's edge values (to read them as a whole: tests, fallbacks)."""
+        coef = z[self.coef_key(k)]
         total = 0.0
-        target = c.labels[k]
-        for v, lab, off in self._bases(xp, c, z, data, coef.dtype):
+        for v, lab, off in self.bases(xp, z, data, coef.dtype):
+            total = total + self.forms.apply(xp, coef[off : off + v.shape[0]], v, lab)
+        return xp.broadcast_to(total, self.node_shape + (self.length,))
+
+    # the storage interface -----------------------------------------------------------------------
+    def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
+        for k, e in enumerate(self.edges):
+            v = vals[e.src]
+            if not self.const[k]:
+                z[self.value_key(k)] = xp.concatenate([v[None], xp.zeros((self.slots[k] - 1,) + v.shape, v.dtype)])
+            z[self.coef_key(k)] = self._onehot(xp, self.offsets[k], v.dtype)
+        self._all_blocks(xp, z, data)
+
+    def read(self, xp, e: Edge, z: dict, data: dict):
+        return self.materialize(xp, self.port_of[e.key], z, data)
+
+    def transpose(self, xp, e: Edge, z: dict, data: dict):
+        k = self.port_of[e.key]
+        coef = z[self.coef_key(k)]
+        total = 0.0
+        target = self.forms.labels[k]
+        node, node_shape = self.forms.node, self.node_shape
+        for v, lab, off in self.bases(xp, z, data, coef.dtype):
             cs = coef[off : off + v.shape[0]]
             if lab == target:
                 # a basis on the producer's own axes (W's slots for W): the coefficients
                 # summed over the other node axes (a contraction with ones: XLA on CPU
                 # reduces leading axes slowly), then each slot scaled, unrolled
-                keep = "".join(x for x in c.node if x in target)
-                other = "".join(x for x in c.node if x not in target)
+                keep = "".join(x for x in node if x in target)
+                other = "".join(x for x in node if x not in target)
                 if other:
-                    ones = [xp.ones((n,), cs.dtype) for x, n in zip(c.node, c.node_shape) if x not in target]
-                    cs = xp.einsum(f"Y{c.node}," + ",".join(other) + f"->Y{keep}", cs, *ones)
+                    ones = [xp.ones((n,), cs.dtype) for x, n in zip(node, node_shape) if x not in target]
+                    cs = xp.einsum(f"Y{node}," + ",".join(other) + f"->Y{keep}", cs, *ones)
                 for y in range(v.shape[0]):
                     total = total + xp.einsum(f"{keep},{lab}->{target}", cs[y], v[y])
             else:
-                total = total + xp.einsum(f"Y{c.node},Y{lab}->{target}", cs, v)
+                total = total + xp.einsum(f"Y{node},Y{lab}->{target}", cs, v)
         return total
 
-    def _write_out(self, xp, info, value, new: dict, data: dict, write=0):
-        for e in info.out:
-            if e.key in self.collapsed_edges:
-                c, k = self.collapsed_edges[e.key]
-                if self.info[e.src].family.kind == "const":
-                    slot = 0
-                else:
-                    slot = write
-                    if c.slots[k] == 1:
-                        new[c.value_key(k)] = value[None]
-                    else:
-                        new[c.value_key(k)] = _set_index(xp, new[c.value_key(k)], slot, value, 0)
-                new[c.coef_key(k)] = self._onehot(xp, c, c.offsets[k] + slot, value.dtype)
-            elif e.key not in self.elided:
-                new[e.key] = e.map.apply(xp, value, e.type.shape, data)
+    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
+        k = self.port_of[e.key]
+        if self.const[k]:
+            slot = 0
+        elif self.slots[k] == 1:
+            new[self.value_key(k)] = value[None]
+        else:
+            new[self.value_key(k)] = _set_index(xp, new[self.value_key(k)], slot, value, 0)
+        new[self.coef_key(k)] = self._onehot(xp, self.offsets[k] + slot, value.dtype)
 
-    def project(self, xp, c: int, z: dict, data: dict, write=0) -> dict:
-        new = super().project(xp, c, z, data, write)
-        if not self.combines:
-            return new
-        return _State(new, getattr(z, "written", frozenset()) | {object()})
+    def put(self, xp, e: Edge, part, new: dict) -> None:
+        raise AssertionError("a collapsed family's projection writes its coefficients (CollapsedSlots.project)")
 
-    def project_families(self, xp, names, z: dict, data: dict, write=0) -> dict:
-        rest = [n for n in names if n not in self.collapsed]
-        new = super().project_families(xp, rest, z, data, write)
-        here = set(names)
-        for c in self.collapsed.values():
-            ports = [k for k, e in enumerate(c.edges) if e.src in here and self.info[e.src].family.kind != "const"]
-            if ports:
-                self._update_gram(xp, c, new, data, ports, write, new[c.coef_key(0)].dtype)
-        for name in names:
-            if name in self.collapsed:
-                self._project_collapsed(xp, self.collapsed[name], z, new, data, write)
-        return new
+    def after_write(self, xp, new: dict, data: dict, projected: set, slot) -> None:
+        """After ports whose producers were projected wrote slot ``slot``: their rows and
+        columns of the cached inner products (against every basis' current slots, so two
+        ports written together see each other's new values)."""
+        ports = [k for k, e in enumerate(self.edges) if e.src in projected and not self.const[k]]
+        if not ports:
+            return
+        bases = self.bases(xp, new, data, new[self.coef_key(0)].dtype)
+        out_labels = self.forms.out_labels
+        for k in ports:
+            vk, lk, _ = bases[k]
+            value = xp.take(vk, slot, axis=0) if not isinstance(slot, int) else vk[slot]
+            for j, (vj, lj, _) in enumerate(bases):
+                key = self.gram_key(min(k, j), max(k, j))
+                g = new[key]
+                if k <= j:  # row ``slot`` of block (k, j)
+                    row = xp.einsum(f"{lk},Z{lj}->Z{out_labels(lk, lj)}", value, vj)
+                    g = row[None] if g.shape[0] == 1 else _set_index(xp, g, slot, row, 0)
+                # column ``slot`` of block (j, k); with one slot per port it is the row that
+                # j (written in this projection too, before k) or k itself already set
+                if k >= j and not (g.shape[0] == 1 and (k == j or j in ports)):
+                    col = xp.einsum(f"Y{lj},{lk}->Y{out_labels(lj, lk)}", vj, value)
+                    g = col[:, None] if g.shape[1] == 1 else _set_index(xp, g, slot, col, 1)
+                new[key] = g
 
-    def _project_collapsed(self, xp, c: _Collapsed, z: dict, new: dict, data: dict, write):
-        """D's projection from the inner products of its ports; the new coefficients are the
-        projection's (in terms of the ports) composed with the ports' own."""
-        info = self.info[c.name]
-        coefs = [z[c.coef_key(k)] for k in range(len(c.edges))]
+    def project(self, prog, xp, z: dict, new: dict, data: dict, slot) -> None:
+        """The family's projection from the inner products of its ports; the new
+        coefficients are the projection's (in terms of the ports) composed with the ports'
+        own."""
+        info = self.info
+        coefs = [z[self.coef_key(k)] for k in range(len(self.edges))]
         dtype = coefs[0].dtype
-        bases = self._bases(xp, c, z, data, dtype)
+        bases = self.bases(xp, z, data, dtype)
         n = len(coefs)
         pairs = [(k, k) for k in range(n)] + [(i, j) for i in range(n) for j in range(i + 1, n)]
-        if self.combines:
-            gram = self._quadratic(xp, c, bases, [(coefs[i], coefs[j]) for i, j in pairs], self._cached(xp, c, z))
+        if self.plan.combines:
+            gram = self.forms.quadratic(xp, bases, [(coefs[i], coefs[j]) for i, j in pairs], self._cached(xp, z))
         else:
             # AP: the producers were projected last (or the forward pass initialised the
             # edges), so each port is its producer's one value: the inner products are the
             # cached blocks themselves
-            gram = [self._node_block(xp, c, z[c.gram_key(i, j)][0, 0], c.labels[i], c.labels[j]) for i, j in pairs]
-        deg = self.degree(info, data)
-        ybar = self._mean_out(xp, info, z, data, deg)
+            labels = self.forms.labels
+            gram = [self.forms.node_block(xp, z[self.gram_key(i, j)][0, 0], labels[i], labels[j]) for i, j in pairs]
+        deg = prog.analysis.degree(info, data)
+        ybar = prog.mean_out(xp, info, z, data, deg)
         if info.has_unused:
-            ins = [self.materialize(xp, c, k, z, data) for k in range(n)]
+            ins = [self.materialize(xp, k, z, data) for k in range(n)]
             ybar = xp.where(xp.asarray(deg) > 0, ybar, info.prim.forward(*ins))
-        coef, y = info.prim.linear_rule(xp, info.prim.opts, tuple(gram), ybar, self._weight(xp, deg, ybar.dtype))
-        if not self.combines:  # ports at their one-hot coefficients: the projection's own
+        coef, y = info.prim.linear_rule(xp, info.prim.opts, tuple(gram), ybar, prog.weight(xp, deg, ybar.dtype))
+        if not self.plan.combines:  # ports at their one-hot coefficients: the projection's own
             for k in range(n):
-                new[c.coef_key(k)] = xp.stack([xp.broadcast_to(t, c.node_shape) for t in coef[k]])
+                new[self.coef_key(k)] = xp.stack([xp.broadcast_to(t, self.node_shape) for t in coef[k]])
         else:
-            e1 = self._onehot(xp, c, c.terms - 1, dtype)
+            e1 = self._onehot(xp, self.terms - 1, dtype)
             for k in range(n):
-                new[c.coef_key(k)] = sum(coef[k][j][None] * coefs[j] for j in range(n)) + coef[k][-1][None] * e1
-        self._write_out(xp, info, y, new, data, write)
+                new[self.coef_key(k)] = sum(coef[k][j][None] * coefs[j] for j in range(n)) + coef[k][-1][None] * e1
+        prog.write_out(xp, info, y, new, data, slot)
 
     # the algorithms' arithmetic ---------------------------------------------------------------
-    def combine(self, xp, data, fn, *states):
-        """``fn`` (linear) applied to the states: to edges and coefficients leaf by leaf. Slot
-        values and cached products are taken from the state that holds every slot the others
-        hold (a chain: DR, DM with β = 1); otherwise they merge (each slot is written once,
-        and is 0 in a state that does not hold it)."""
+    def _merge(self, xp, states: list, out: dict, data: dict) -> None:
+        """Slot values and cached products into ``out``: from the state that holds every
+        slot the others hold (a chain: DR, DM with β = 1); otherwise merged (each slot is
+        written once, and is 0 in a state that does not hold it), and the products
+        recomputed where sibling branches each wrote a slot (SlotPlan.recompute_gram)."""
         written = [getattr(s, "written", frozenset()) for s in states]
         union = frozenset().union(*written)
-        # along a chain one state holds every slot the others hold: its slots are the merge
         latest = next((s for s, w in zip(states, written) if w == union), None)
-        out = _State(written=union)
-        for key in states[0]:
-            leaves = [s[key] for s in states]
-            if key in self.value_keys or key in self.gram_keys:
-                if latest is not None:
-                    out[key] = latest[key]
-                    continue
-                merged = leaves[0]
-                for other in leaves[1:]:
-                    merged = xp.where(merged == 0, other, merged)
-                out[key] = merged
-            else:
-                out[key] = fn(*leaves)
-        if self.recompute_gram:
-            for c in self.collapsed.values():
-                self._all_blocks(xp, c, out, data)
-        return out
+        for key in self.value_keys + self.gram_keys:
+            if latest is not None:
+                out[key] = latest[key]
+                continue
+            merged = states[0][key]
+            for other in states[1:]:
+                merged = xp.where(merged == 0, other[key], merged)
+            out[key] = merged
+        if self.plan.recompute_gram:
+            self._all_blocks(xp, out, data)
 
-    def distance(self, xp, a: dict, b: dict, data: dict):
-        """|a - b| over the edges the states represent: a collapsed port's difference is
+    def combine(self, xp, fn, states: list, out: dict, data: dict) -> None:
+        """``fn`` on the coefficients; slot values and cached products merged (``_merge``)."""
+        for key in self.coef_keys:
+            out[key] = fn(*(s[key] for s in states))
+        self._merge(xp, states, out, data)
+
+    def distance_sq(self, xp, a: dict, b: dict, data: dict):
+        """|a - b|² over the ports as represented: a port's difference is
         sum_t C_a[t] X_t - sum_u C_b[u] Y_u, and its squared norm the quadratic form of the
         joint coefficients over the joint basis (a basis both states hold counts once: under
         DR/DM the merged slots, under AP the values a projection left in place). Clamped at 0
         per node: it carries rounding of order eps |C|² |G|."""
-        sq = 0.0
-        for k in a:
-            if k in b and k not in self.value_keys and k not in self.coef_keys and k not in self.gram_keys:
-                sq = sq + xp.sum((a[k] - b[k]) ** 2)
-        if self.combines:  # slots agree where both states hold them: one merged basis
-            merged = self.combine(xp, data, lambda x, y: x, a, b)
-            values = {k: merged[k] for k in self.value_keys | self.gram_keys if k in merged}
+        if self.plan.combines:  # slots agree where both states hold them: one merged basis
+            merged = {k: a[k] for k in self.coef_keys}
+            self._merge(xp, [a, b], merged, data)
+            values = {k: merged[k] for k in self.value_keys + self.gram_keys}
             a, b = {**a, **values}, {**b, **values}
-        for c in self.collapsed.values():
-            ports = [k for k, e in enumerate(c.edges) if e.key not in self.elided]
-            if not ports:
-                continue
-            dtype = a[c.coef_key(0)].dtype
-            bases_a, bases_b = self._bases(xp, c, a, data, dtype), self._bases(xp, c, b, data, dtype)
-            bases = list(bases_a)
-            where = []  # per basis of b: its index in ``bases``
-            for vb, lb, ob in bases_b:
-                # the same basis: the same array, or an input's data (its slot never changes), or e1
-                at = next((i for i, (va, la, oa) in enumerate(bases_a)
-                           if la == lb and oa == ob and (va is vb or ob == c.terms - 1 or self._is_const(c, ob))), None)
-                if at is None:
-                    bases.append((vb, lb, None))
-                    at = len(bases) - 1
-                where.append(at)
-            # joint coefficients: a's terms, then the terms of b's bases that a does not hold
-            offsets, total = [], 0
-            for v, _, _ in bases:
-                offsets.append(total)
-                total += v.shape[0]
-            joint_bases = [(v, lab, off) for (v, lab, _), off in zip(bases, offsets)]
-            pairs = []
-            for k in ports:
-                ca, cb = a[c.coef_key(k)], b[c.coef_key(k)]
-                parts = [ca[o : o + v.shape[0]] for v, _, o in bases_a] + [0.0] * (len(bases) - len(bases_a))
-                for (vb, _, ob), at in zip(bases_b, where):
-                    parts[at] = parts[at] - cb[ob : ob + vb.shape[0]]
-                d = xp.concatenate(parts, axis=0)
-                pairs.append((d, d))
-            if len(bases) == len(bases_a):  # b's bases are a's: a's cached products
-                block = self._cached(xp, c, a)
-            else:
-                block = lambda i, j: self._block(xp, c, joint_bases[i], joint_bases[j])  # noqa: E731
-            for q in self._quadratic(xp, c, joint_bases, pairs, block):
-                sq = sq + xp.sum(xp.maximum(q, 0))
-        return xp.sqrt(sq)
+        ports = [k for k in range(len(self.edges)) if not (self.elide and self.const[k])]
+        if not ports:
+            return 0.0
+        dtype = a[self.coef_key(0)].dtype
+        bases_a, bases_b = self.bases(xp, a, data, dtype), self.bases(xp, b, data, dtype)
+        bases = list(bases_a)
+        where = []  # per basis of b: its index in ``bases``
+        for vb, lb, ob in bases_b:
+            # the same basis: the same array, or an input's data (its slot never changes), or e1
+            at = next((i for i, (va, la, oa) in enumerate(bases_a)
+                       if la == lb and oa == ob and (va is vb or ob == self.terms - 1 or self._is_const(ob))), None)
+            if at is None:
+                bases.append((vb, lb, None))
+                at = len(bases) - 1
+            where.append(at)
+        # joint coefficients: a's terms, then the terms of b's bases that a does not hold
+        offsets, total = [], 0
+        for v, _, _ in bases:
+            offsets.append(total)
+            total += v.shape[0]
+        joint = [(v, lab, off) for (v, lab, _), off in zip(bases, offsets)]
+        pairs = []
+        for k in ports:
+            ca, cb = a[self.coef_key(k)], b[self.coef_key(k)]
+            parts = [ca[o : o + v.shape[0]] for v, _, o in bases_a] + [0.0] * (len(bases) - len(bases_a))
+            for (vb, _, ob), at in zip(bases_b, where):
+                parts[at] = parts[at] - cb[ob : ob + vb.shape[0]]
+            d = xp.concatenate(parts, axis=0)
+            pairs.append((d, d))
+        if len(bases) == len(bases_a):  # b's bases are a's: a's cached products
+            block = self._cached(xp, a)
+        else:
+            block = lambda i, j: self.forms.block(xp, joint[i], joint[j])  # noqa: E731
+        sq = 0.0
+        for q in self.forms.quadratic(xp, joint, pairs, block):
+            sq = sq + xp.sum(xp.maximum(q, 0))
+        return sq
 
-    # sizes ----------------------------------------------------------------------------------------
-    def family_state_bytes(self, itemsize: int | None = None) -> dict[str, int]:
-        """As stored: a collapsed family's coefficients, cached products and slot values
-        instead of its in-edges."""
-        size = itemsize or np.dtype(self.dtype).itemsize
-        out = super().family_state_bytes(itemsize)
-        for c in self.collapsed.values():
-            out[c.name] = self._collapsed_count(c) * size
-        return out
+    def nbytes(self, itemsize: int) -> int:
+        """Coefficients, cached products and slot values instead of the in-edges."""
+        forms = self.forms
+        count = len(self.edges) * self.terms * math.prod(self.node_shape)
+        sizes = [(s, forms.labels[k]) for k, s in enumerate(self.slots)] + [(1, forms.port)]
+        shape = dict(zip(forms.node, self.node_shape))
+        count += sum(si * sj * math.prod(shape[x] for x in forms.out_labels(li, lj))
+                     for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes)
+                     if i <= j and not i == j == len(self.edges))
+        count += sum(s * math.prod(self.analysis.info[e.src].family.type.shape)
+                     for e, s, c in zip(self.edges, self.slots, self.const) if not c)
+        return count * itemsize
 
-    def _collapsed_count(self, c: _Collapsed) -> int:
-        count = len(c.edges) * c.terms * math.prod(c.node_shape)
-        sizes = [(s, c.labels[k]) for k, s in enumerate(c.slots)] + [(1, c.port)]
-        shape = dict(zip(c.node, c.node_shape))
-        count += sum(si * sj * math.prod(shape[x] for x in c.out_labels(li, lj))
-                     for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes) if i <= j and not i == j == len(c.edges))
-        count += sum(s * math.prod(self.info[e.src].family.type.shape)
-                     for e, s in zip(c.edges, c.slots) if self.info[e.src].family.kind != "const")
-        return count
+
+def collapsible(analysis, info, plan: SlotPlan, elide: bool) -> CollapsedSlots | None:
+    """``info``'s family as a :class:`CollapsedSlots` if it qualifies: a function whose
+    primitive has a ``linear_rule``, with an outgoing edge, each port one vector edge whose
+    broadcast map keeps the port axis, from a float producer."""
+    f = info.family
+    if not f.is_function or info.prim.linear_rule is None or not info.out:
+        return None
+    edges = []
+    for _, n, es in info.in_ports:
+        if not n or len(es) != 1:
+            return None
+        e = es[0]
+        rank = len(e.type.shape)
+        if not isinstance(e.map, BroadcastMap) or rank - 1 not in e.map.src_axes or rank > 24:
+            return None
+        if analysis.info[e.src].family.type.dtype == "i32":
+            return None
+        edges.append(e)
+    colour = {n: i for i, names in enumerate(analysis.classes) for n in names}
+    slots = [1 if analysis.is_const(e.src) or not plan.combines else plan.writes[colour[e.src]] for e in edges]
+    return CollapsedSlots(analysis, info, edges, slots, plan, elide)

@@ -1,4 +1,4 @@
-"""The JAX backend: the materialized Program, K steps in one jitted ``lax.scan``."""
+"""The JAX backend: the lowered Program, K steps in one jitted ``lax.scan``."""
 from __future__ import annotations
 
 import time
@@ -12,10 +12,10 @@ class JaxBackend:
         self._compiled = None
         self._compiled_warm = None
         # a cold-start update writes its forward-pass copies of the fused families' edges
-        # into the previous update's buffers (Program.init_edges(spare=...)), which the
-        # solver state carries (``buffers``): new memory's page faults cost ~17 ms per
-        # 100 MB, more than the copy itself
-        self._spare_keys = sorted(getattr(lowered.program, "fused_edges", ()))
+        # into the previous update's buffers (Program.init_edges(spare=...); the storages'
+        # ``buffer_keys``), which the solver state carries (``buffers``): new memory's page
+        # faults cost ~17 ms per 100 MB, more than the copy itself
+        self._spare_keys = list(lowered.program.buffer_keys)
 
     def update_fn(self, warm: bool = False):
         """The pure update (params, x, onehot[, z[, spare]]) -> (params, residuals, z), for
@@ -34,33 +34,21 @@ class JaxBackend:
                 z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data, spare)
             combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
             distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
-
-            def projector(i):
-                """project(c, z) for step i (K: the shadow after the last step): each call
-                knows which of the step's projections onto its class it is (collapsed.py)."""
-                calls = {}
-
-                def project(c, z):
-                    m = calls[c] = calls.get(c, -1) + 1
-                    return prog.project(jnp, c, z, data, prog.write_slot(c, i, m))
-
-                return project
-
-            fused = prog.fused_step(alg)
+            native = prog.native_step(alg)
 
             def body(z, i):
-                if fused is not None:
-                    z, r = fused(jnp, z, data)
+                if native is not None:
+                    z, r = native(jnp, z, data)
                 else:
-                    z, r = alg.step(jnp, projector(i), z, distance, combine)
+                    z, r = alg.step(jnp, prog.projector(jnp, data, i), z, distance, combine)
                 out = {"step": r}
                 if monitor:
-                    out["family"] = prog.family_distances(jnp, alg.shadow(projector(i), z, combine), data)
+                    out["family"] = prog.family_distances(jnp, alg.shadow(prog.projector(jnp, data, i), z, combine), data)
                 return z, out
 
             z, residuals = jax.lax.scan(body, z, jnp.arange(K))
-            native = prog.fused_shadow(alg)
-            shadow = native(jnp, z, data) if native is not None else alg.shadow(projector(K), z, combine)
+            shadow_fn = prog.native_shadow(alg)
+            shadow = shadow_fn(jnp, z, data) if shadow_fn is not None else alg.shadow(prog.projector(jnp, data, K), z, combine)
             return prog.param_means(jnp, shadow, params, data), residuals, z
 
         return update

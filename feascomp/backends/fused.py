@@ -1,0 +1,234 @@
+"""The native DR step: a dense layer's step on its input edges in native kernels
+(feascomp/kernels), as an implementation of DR's step over the families stored by
+:class:`FusedSums`.
+
+Native steps are looked up by (algorithm type, lowering name) in :data:`NATIVE_STEPS`
+(and the shadows parameters are read from in :data:`NATIVE_SHADOWS`); each entry
+``make(program, algorithm)`` returns ``step(xp, z, data) -> (z, residual)`` or None where
+it does not apply. Each is checked against the algorithm's own formula
+(algorithms.py) by tests/test_fused.py, and against the oracle by the mutation tests.
+
+A fused family is a dot, float32 or float64, with nodes [N, m], each port one edge, port
+a's a copy of a [N, n] source along m and port b's of a [n, m] source along N (a dense
+layer's x @ W), every node with an outgoing edge, option ``kernel="auto"``; and only
+where the kernel builds on this machine (:func:`fusable`).
+"""
+from __future__ import annotations
+
+import math
+
+from ..algorithms import DifferenceMap, DouglasRachford
+from ..ir.feasibility import BroadcastMap, Edge, sum_axes
+from .storage import Storage
+
+SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
+FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: results do not depend on threads)
+
+
+class FusedSums(Storage):
+    """A fused dot family's edges, stored as arrays; ``rows`` is its a-edge, ``cols`` its
+    b-edge. ``order``: the two classes in DR's terms (P0, P1; DM with beta = 1 swaps them);
+    ``first``: of the first of them (DR reflects through its own projection: two kernel
+    passes) rather than the second (one pass). A family of the second carries its
+    non-input edges' sums in the state (SUM keys), which its producers' means read instead
+    of the edges; the kernel's first pass returns them for a family of the first. The
+    edges are also the buffers a cold-start update writes its forward pass into
+    (``buffer_keys``: the solver state carries them, donated)."""
+
+    kind = "edges, fused DR"
+
+    def __init__(self, analysis, info, rows: Edge, cols: Edge, order: tuple[int, int], first: bool):
+        super().__init__(analysis, info)
+        self.rows, self.cols, self.order, self.first = rows, cols, order, first
+        self.summed = [] if first else [e for e in (rows, cols) if not analysis.is_const(e.src)]
+        self.buffer_keys = (rows.key, cols.key)
+
+    def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
+        """The edges (written into ``spare``'s buffers where given: the native ``fill``),
+        and the carried sums: for a broadcast, the value times its copies (not a reduction
+        over the materialized edges)."""
+        from .. import kernels
+
+        for e in self.edges:
+            if spare is not None and e.key in spare:
+                by_row = e is self.rows  # rows: [N, n] copied along m; cols: [n, m] along N
+                src = vals[e.src] if by_row else xp.transpose(vals[e.src])
+                z[e.key] = kernels.fill(spare[e.key], src, by_row)
+            else:
+                z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
+        for e in self.summed:
+            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.src_axes)
+            z[SUM + e.key] = vals[e.src] * xp.asarray(count, vals[e.src].dtype)
+
+    def transpose(self, xp, e: Edge, z: dict, data: dict):
+        if SUM + e.key in z:
+            return z[SUM + e.key]
+        return super().transpose(xp, e, z, data)
+
+    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
+        super().write(xp, e, value, new, data, slot)
+        new.pop(SUM + e.key, None)  # the sum of an edge just written is stale
+
+    def put(self, xp, e: Edge, part, new: dict) -> None:
+        new[e.key] = part
+        new.pop(SUM + e.key, None)
+
+    def combine(self, xp, fn, states: list, out: dict, data: dict) -> None:
+        """Edges leaf by leaf; a carried sum only where every state has it (a projection
+        drops the sums of the edges it rewrites)."""
+        super().combine(xp, fn, states, out, data)
+        for e in self.summed:
+            k = SUM + e.key
+            if all(k in s for s in states):
+                out[k] = fn(*(s[k] for s in states))
+
+
+def fusable(analysis, info, order) -> FusedSums | None:
+    """``info``'s family as a :class:`FusedSums` if the native step can take it (module
+    docstring), else None. The caller checks that the kernel builds (:func:`available`)."""
+    f = info.family
+    if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) != 2:
+        return None
+    if f.type.dtype not in ("f32", "f64") or not info.out or info.has_unused:
+        return None
+    edges = [es[0] if len(es) == 1 else None for _, _, es in info.in_ports]
+    if None in edges or any(n < 1 for _, n, _ in info.in_ports):
+        return None
+    kinds = [e.map.src_axes if isinstance(e.map, BroadcastMap) else None for e in edges]
+    if kinds != [(0, 2), (2, 1)]:
+        return None
+    return FusedSums(analysis, info, edges[0], edges[1], order, first=f.name in analysis.classes[order[0]])
+
+
+def available() -> bool:
+    from .. import kernels
+
+    return kernels.load("dot_project")
+
+
+def _fused(prog) -> list[FusedSums]:
+    return list(prog.strategies(FusedSums).values())
+
+
+def _group_sum(xp, sb):
+    """The kernel's per-group sums [G, m, n] as the producer's sum [n, m] (the group axis
+    summed as a contraction: XLA on CPU reduces short leading axes slowly)."""
+    return xp.transpose(sum_axes(xp, sb, (0,)))
+
+
+def dr_shadow(prog, xp, z: dict, data: dict) -> dict:
+    """P0(z) for reading parameter means (``param_means``), with each fused family of the
+    first colour projected by the kernel's first pass, which returns its projected edges'
+    sums rather than the edges: the state holds those sums (SUM keys, which producers'
+    means read) and the unprojected edges, so it is for means only, not for distances
+    (monitoring projects the shadow the plain way)."""
+    from .. import kernels
+
+    fused = _fused(prog)
+    names = {f.info.name for f in fused}
+    p0 = prog.project_families(xp, [n for n in prog.classes[0] if n not in names], z, data)
+    for f in fused:
+        if not f.first:
+            continue
+        N = f.info.family.type.shape[0]
+        ybar, w = prog.output_args(xp, f.info, z, data)
+        y, _, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS),
+                                              reflect=False)
+        prog.write_out(xp, f.info, y, p0, data)
+        p0[SUM + f.rows.key] = sa
+        p0[SUM + f.cols.key] = _group_sum(xp, sb)
+    return p0
+
+
+def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
+    """One DR step, z + 2r (P1(2 P0 z - z) - P0 z), with each fused dot family's input
+    edges done by the native kernel instead of XLA's passes; the rest of the plan as in
+    the algorithm. P0, P1 are the classes in the families' ``order`` (DM with beta = 1
+    swaps them). Same iterates as algorithms.DouglasRachford.step and DifferenceMap.step
+    (tests/test_fused.py).
+
+    A family of the second colour takes one pass (read once, written once, in place):
+    its edges' P0 values are copies of its producers' projected values. The kernel also
+    returns its new edges' sums, which the state carries (SUM keys) so that the next P0
+    -- a parameter's consensus, a function's mean of its copies -- does not read the
+    edges again. A family of the first colour takes two: its own projection with the
+    reflected edges' sums (which its producers' P1 reads), then the update once P1 is
+    known."""
+    from .. import kernels
+
+    r = relaxation
+    fused = _fused(prog)
+    names = {f.info.name for f in fused}
+    before, after = (prog.classes[c] for c in fused[0].order)  # P0, P1 in DR's terms
+    first = [f for f in fused if f.first]
+    second = [f for f in fused if not f.first]
+    fused_edges = {k for f in fused for k in f.buffer_keys}
+    p0 = prog.project_families(xp, [n for n in before if n not in names], z, data)
+    q = {}
+    passes = {}
+    for f in first:
+        N = f.info.family.type.shape[0]
+        ybar, w = prog.output_args(xp, f.info, z, data)
+        y, coef, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS))
+        passes[f.info.name] = coef
+        prog.write_out(xp, f.info, y, p0, data)
+        q[SUM + f.rows.key] = sa  # the reflected edges' sums, for their producers' P1
+        q[SUM + f.cols.key] = _group_sum(xp, sb)
+    q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in fused_edges})
+    p1 = prog.project_families(xp, [n for n in after if n not in names], q, data)
+    new: dict = {}
+    moved = 0.0  # a Python float: the sums below give it their dtype
+    for f in second:
+        N = f.info.family.type.shape[0]
+        pa = p0[f.rows.key][:, 0, :]  # the [N, n] source of the edges copied along m
+        pb = p0[f.cols.key][0]  # the transposed [n, m] source: [m, n]
+        ybar, w = prog.output_args(xp, f.info, q, data)
+        za, zb, y, res, sa, sb = kernels.dot_dr_step(z[f.rows.key], z[f.cols.key], pa, pb, ybar, w, r,
+                                                     min(N, FUSED_GROUPS))
+        new[f.rows.key], new[f.cols.key] = za, zb
+        if SUM + f.rows.key in z:
+            new[SUM + f.rows.key] = sa
+        if SUM + f.cols.key in z:
+            new[SUM + f.cols.key] = _group_sum(xp, sb)
+        moved = moved + xp.sum(res)
+        prog.write_out(xp, f.info, y, p1, data)
+    for f in first:
+        va = p1[f.rows.key][:, 0, :]
+        vb = p1[f.cols.key][0]
+        za, zb, res = kernels.dot_dr_update(z[f.rows.key], z[f.cols.key], passes[f.info.name], va, vb, r)
+        new[f.rows.key], new[f.cols.key] = za, zb
+        moved = moved + xp.sum(res)
+    for k in q:
+        if not k.startswith(SUM):
+            d = p1[k] - p0[k]
+            new[k] = z[k] + 2 * r * d
+            moved = moved + xp.sum(d**2)
+    return {k: new[k] for k in z}, xp.sqrt(moved)
+
+
+# The native steps, by (algorithm type, lowering): each gives the step (or shadow) function
+# for a program and an algorithm, or None where it does not apply.
+def _dr_step(prog, alg):
+    fused = _fused(prog)
+    if not fused or fused[0].order != (0, 1):
+        return None
+    return lambda xp, z, data: dr_step(prog, xp, z, data, alg.relaxation)
+
+
+def _dm_step(prog, alg):
+    # z + P0(2 P1 z - z) - P1 z: DR with r = 1/2 and the classes swapped; its residual
+    # |P0(f1 z) - P1 z| is DR's |P1(R0 z) - P0 z| swapped alike
+    fused = _fused(prog)
+    if alg.beta != 1.0 or not fused or fused[0].order != (1, 0):
+        return None
+    return lambda xp, z, data: dr_step(prog, xp, z, data, 0.5)
+
+
+def _dr_shadow(prog, alg):
+    if not any(f.first for f in _fused(prog)):
+        return None
+    return lambda xp, z, data: dr_shadow(prog, xp, z, data)
+
+
+NATIVE_STEPS = {(DouglasRachford, "materialized"): _dr_step, (DifferenceMap, "materialized"): _dm_step}
+NATIVE_SHADOWS = {(DouglasRachford, "materialized"): _dr_shadow}

@@ -1,0 +1,133 @@
+"""How a family's in-edges live in the solver state: one storage strategy per family.
+
+The state of a lowered plan is a dict of arrays. Every edge belongs to its consumer, so
+each family's :class:`Storage` owns the state keys of its in-edges and is the only code
+that reads or writes them: the forward-pass initialisation, a port's value, an edge's
+contribution to its producer's sum (map^T), a producer writing its new value, the
+family's own projection writing its ports, the algorithms' linear combinations, the
+distance between two states, and the bytes the family takes. A lowering
+(backends/lowering.py) is a choice of storage per family; the :class:`~.program.Program`
+that runs the projections is the same for all of them.
+
+Strategies in the package:
+
+- :class:`Edges`: every in-edge one array shaped like the consumer's port slice (the
+  paper's representation);
+- :class:`ElidedInputs`: the input's edges not stored under AP (below);
+- ``FusedSums`` (backends/fused.py): edges, plus the sums the native DR step carries;
+- ``CollapsedSlots`` (backends/collapsed.py): a dense layer's producers' values and
+  per-node coefficients instead of its edges.
+
+Input edges under AP (:class:`ElidedInputs`) are not stored. A const's projection writes
+its edges without reading them, and under AP their only other reader -- the consumer, in
+the other colour -- always finds them just written (each step is P1(P0(z)) and every
+edge joins the two colours). So the consumer reads the input's map and its result on
+those edges is dropped: the same iterates and parameters, without the traffic of the
+largest edge family of a first dense layer (half the 784-128-10 MLP's state). The step
+residual is then |P1(P0 z) - P0 z| over the stored edges. Not for DR or DM (their
+iterates combine projections, so input edges are free variables), warm starts (stored
+input edges would hold the previous batch) or monitoring (per-family distances read
+every edge); options.CompileOptions.resolve decides.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ir.feasibility import Edge
+from .analysis import FamilyInfo, PlanAnalysis
+
+
+class Storage:
+    """The plain strategy (:class:`Edges`) and the interface every strategy implements.
+
+    ``stacks``: the family may be projected in one call with its fuse-projections group;
+    ``tracks_writes``: states must record which projections wrote them
+    (program.TrackedState); ``project``: None, or ``project(program, xp, z, new, data,
+    slot)`` when the strategy projects its family itself (the program's generic
+    projection reads the ports through :meth:`read` otherwise)."""
+
+    kind = "edges"
+    stacks = True
+    tracks_writes = False
+    project = None
+
+    def __init__(self, analysis: PlanAnalysis, info: FamilyInfo):
+        self.analysis = analysis
+        self.info = info
+        self.edges: list[Edge] = info.in_edges
+
+    def stored(self, e: Edge) -> bool:
+        return True
+
+    def keys(self) -> list[str]:
+        return [e.key for e in self.edges if self.stored(e)]
+
+    def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
+        """Write the forward pass's copies (every edge its producer's value) into ``z``.
+        ``spare``: buffers of the previous update this strategy may write into."""
+        for e in self.edges:
+            if self.stored(e):
+                z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
+
+    def read(self, xp, e: Edge, z: dict, data: dict):
+        """Edge e's value in state z (shaped like its port slice)."""
+        return z[e.key]
+
+    def transpose(self, xp, e: Edge, z: dict, data: dict):
+        """map_e^T of edge e's value: its contribution to its producer's sum."""
+        return e.map.transpose(xp, z[e.key], self.analysis.info[e.src].family.type.shape, data)
+
+    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
+        """The producer's projection set its value: edge e becomes its copy through the map.
+        ``slot``: which of the producer's writes this is (collapsed.SlotPlan)."""
+        new[e.key] = e.map.apply(xp, value, e.type.shape, data)
+
+    def put(self, xp, e: Edge, part, new: dict) -> None:
+        """This family's projection set edge e's value to ``part``."""
+        new[e.key] = part
+
+    def after_write(self, xp, new: dict, data: dict, projected: set, slot) -> None:
+        """Called after a class ``projected`` wrote its edges into ``new``."""
+
+    def combine(self, xp, fn, states: list, out: dict, data: dict) -> None:
+        """``fn`` (linear) of the states' values of this family's keys, into ``out``."""
+        for k in self.keys():
+            if k in states[0]:
+                out[k] = fn(*(s[k] for s in states))
+
+    def distance_sq(self, xp, a: dict, b: dict, data: dict):
+        """|a - b|² over this family's edges as represented."""
+        total = 0.0
+        for k in self.keys():
+            if k in a and k in b:
+                total = total + xp.sum((a[k] - b[k]) ** 2)
+        return total
+
+    def nbytes(self, itemsize: int) -> int:
+        return sum(math.prod(e.type.shape) for e in self.edges if self.stored(e)) * itemsize
+
+
+Edges = Storage
+
+
+class ElidedInputs(Storage):
+    """Edges, except that those from the input are not stored (module docstring): read
+    as the input's map, and whatever is written on them dropped."""
+
+    kind = "edges, input elided"
+
+    def stored(self, e: Edge) -> bool:
+        return not self.analysis.is_const(e.src)
+
+    def read(self, xp, e: Edge, z: dict, data: dict):
+        if not self.stored(e):
+            return e.map.apply(xp, data[e.src], e.type.shape, data)
+        return z[e.key]
+
+    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
+        if self.stored(e):
+            super().write(xp, e, value, new, data, slot)
+
+    def put(self, xp, e: Edge, part, new: dict) -> None:
+        if self.stored(e):
+            new[e.key] = part
