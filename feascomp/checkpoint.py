@@ -42,8 +42,10 @@ def fingerprint(solver, ds, *, seed: int, protocol: dict) -> dict:
     model = hashlib.sha256(print_tensor(solver.tensor).encode()).hexdigest()[:16]
     return {
         "model": model,
+        # the devices are not part of it: a run gives the same iterates on any mesh, so it
+        # may resume on another (docs/distributed.md)
         "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                    for k, v in sorted(solver.options.as_dict().items())},
+                    for k, v in sorted(solver.options.as_dict().items()) if k not in ("mesh", "devices")},
         "dataset": {"name": ds.name, "source": ds.source, "train": int(len(ds.x_train)),
                     "validation": int(0 if ds.x_val is None else len(ds.x_val)), "test": int(len(ds.x_test))},
         "seed": int(seed),

@@ -139,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep XLA's code for DR's (and DM's) dense layers instead of the native fused step "
                         "(same iterates)")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
+    t.add_argument("--devices", type=_whole_number(1), metavar="N",
+                   help="split each batch over N devices (default: every device JAX sees; docs/distributed.md)")
+    t.add_argument("--mesh", metavar="SPEC", help="the device mesh, data=N[,model=M]: the batch over N devices, "
+                   "wide dense layers' units over M")
+    t.add_argument("--coordinator", metavar="HOST:PORT", help="a multi-process run: process 0's address")
+    t.add_argument("--num-processes", type=_whole_number(1), metavar="P", help="a multi-process run: how many")
+    t.add_argument("--process-id", type=_whole_number(0), metavar="I", help="a multi-process run: this one's id")
+    t.add_argument("--init-timeout", type=_whole_number(1), default=300, metavar="SECONDS",
+                   help="how long to wait for the other processes (default 300)")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz, atomically)")
     t.add_argument("--max-memory", type=_size, metavar="SIZE",
                    help="refuse a run whose estimated peak memory exceeds SIZE (e.g. 4G; default: the memory available)")
@@ -184,6 +193,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--stage", choices=STAGES, default="plan")
     d.add_argument("--batch-size", type=_positive, default=256)
     d.add_argument("--no-identities", action="store_true", help="the plan without identity families (general colouring)")
+    d.add_argument("--algorithm", choices=["ap", "dr", "cp", "dm"], default="dr",
+                   help="the algorithm and lowering the memory and communication notes are for")
+    d.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized")
+    d.add_argument("--devices", type=_whole_number(1), metavar="N", help="the notes for a batch split over N devices")
+    d.add_argument("--mesh", metavar="SPEC", help="the notes for a mesh data=N[,model=M]")
     return p
 
 
@@ -246,6 +260,14 @@ def _train(args) -> int:
     from . import backends
 
     backends.load(args.backend)  # an unknown or broken backend is refused before anything else
+    if args.mesh is not None:
+        from .backends import mesh as meshes
+
+        args.mesh = meshes.parse(args.mesh)
+    if (args.coordinator, args.num_processes, args.process_id) != (None, None, None):
+        from .backends import mesh as meshes
+
+        meshes.initialize(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
     for flag, path in (("--save", args.save), ("--residuals", args.residuals)):
         _check_writable(flag, path)
     if args.checkpoint and os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
@@ -260,6 +282,10 @@ def _train(args) -> int:
                             f"{ds.name!r}{held}")
     solver = _compile_for(args, ds)
     _check_input(solver, ds, args.model)
+    solver.check_processes()
+    if solver.processes > 1 and args.checkpoint and solver.carry:
+        raise FeascompError("--checkpoint with a carried state (--warm-start, SGD/Adam) runs in one process: the "
+                            "carried state of a multi-process run spans the processes' devices")
     stop = threading.Event()
     _INTERRUPT["event"] = stop if args.checkpoint else None
     seeds = args.seeds or [args.seed]
@@ -283,7 +309,7 @@ def _compile_for(args, ds):
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
                    lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels, max_memory=args.max_memory,
                    learning_rate=args.learning_rate, momentum=args.momentum, schedule=args.schedule,
-                   decay_steps=args.updates)
+                   decay_steps=args.updates, mesh=args.mesh, devices=args.devices)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 
@@ -319,6 +345,8 @@ def _train_one(args, solver, ds, seed, stop, multi) -> dict:
         on_divergence="nothing was saved" + (f" ({save} keeps its previous contents)" if save else ""),
     )
     report["model"] = args.model
+    if not solver.writes:  # a multi-process run: process 0 writes the results
+        save = residuals = None
     if residuals:
         save_history(residuals, history)
         report["residuals"] = residuals
@@ -567,10 +595,14 @@ def _dump(args) -> int:
 
     from .passes import DEFAULT_PIPELINE, NO_IDENTITIES_PIPELINE
 
+    from .backends import mesh as meshes
+
+    kw = dict(batch_size=args.batch_size, algorithm=args.algorithm, lowering=args.lowering, devices=args.devices,
+              mesh=meshes.parse(args.mesh) if args.mesh else None)
     if args.no_identities:
-        solver = compile(args.model, batch_size=args.batch_size, pipeline=NO_IDENTITIES_PIPELINE, algorithm="cp")
+        solver = compile(args.model, pipeline=NO_IDENTITIES_PIPELINE, **{**kw, "algorithm": "cp"})
     else:
-        solver = compile(args.model, batch_size=args.batch_size, pipeline=DEFAULT_PIPELINE)
+        solver = compile(args.model, pipeline=DEFAULT_PIPELINE, **kw)
     sys.stdout.write(solver.dump(args.stage))
     if args.stage == "plan":
         sys.stdout.write(solver.memory_summary())

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from .algorithms import AlternatingProjections, DifferenceMap, DouglasRachford, get_algorithm
+from .backends import mesh as meshes
 from .backends.lowering import LOWERINGS
 from .errors import FeascompError
 from .gradient import GradientMethod, check_method
@@ -42,12 +43,45 @@ class CompileOptions:
     momentum: float = 0.0
     schedule: str = "constant"
     decay_steps: int = 1000
+    mesh: tuple[tuple[str, int], ...] = ()  # (("data", n), ("model", m)); () and devices None: every device
+    devices: int | None = None  # the data axis' size (``--devices N``), when no mesh is given
 
     @classmethod
     def make(cls, **kw) -> "CompileOptions":
         if isinstance(kw.get("loss_options"), dict) or kw.get("loss_options") is None:
             kw["loss_options"] = tuple(sorted((kw.get("loss_options") or {}).items()))
+        kw["mesh"] = meshes.normalize(kw.get("mesh"))
         return cls(**kw)
+
+    def mesh_spec(self) -> tuple:
+        """The mesh these options ask for: ``mesh``, else ``devices`` along the data axis,
+        else every device JAX sees (the jax backend; one for the others), refused where
+        it cannot run."""
+        spec = self.mesh
+        if self.devices is not None:
+            if self.devices < 1:
+                raise FeascompError(f"--devices must be at least 1, not {self.devices}")
+            n = meshes.size(spec, "data") * meshes.size(spec, "model")
+            if spec and n != self.devices:
+                raise FeascompError(f"--devices {self.devices} and --mesh {meshes.spec_text(spec)} ({n} devices) disagree")
+            spec = spec or (("data", self.devices),)
+        if not spec:
+            spec = (("data", meshes.device_count() if self.backend == "jax" and not self.gradient else 1),)
+        n = meshes.size(spec, "data") * meshes.size(spec, "model")
+        if n > 1:
+            why = next((w for w, bad in (("the numpy backend runs on one device", self.backend == "numpy"),
+                                         (f"{self.algorithm} runs on one device", self.gradient),
+                                         ("the jax backend alone runs on a mesh", self.backend != "jax")) if bad), None)
+            if why:
+                raise FeascompError(f"a mesh of {n} devices ({meshes.spec_text(spec)}) is refused: {why}")
+            if n > meshes.device_count():
+                raise FeascompError(f"the mesh {meshes.spec_text(spec)} needs {n} devices; JAX sees "
+                                    f"{meshes.device_count()} ({meshes.describe_devices()})")
+        data = meshes.size(spec, "data")
+        if self.batch_size % data:
+            raise FeascompError(f"--batch-size {self.batch_size} is not divisible by the mesh's data axis ({data} "
+                                f"devices): each device takes an equal share of every batch")
+        return spec
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -88,9 +122,10 @@ class CompileOptions:
         """The choices for a plan of ``colours`` colour classes, or a FeascompError
         naming what is refused."""
         alg = self.algorithm_object()
+        spec = self.mesh_spec()
         if isinstance(alg, GradientMethod):
             return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fuse_order=None, carry=True,
-                            schedule="colours")
+                            schedule="colours", mesh=spec)
         two = colours == 2
         why = LOWERINGS[self.lowering].refusals(alg, self, colours)
         if why:
@@ -105,10 +140,12 @@ class CompileOptions:
         elide = (self.elide_inputs and type(alg) is AlternatingProjections and two and not self.warm_start
                  and not self.monitor)
         fuse_order = None
-        if self.lowering == "materialized" and self.fuse_kernels and self.backend == "jax":
+        # the native kernels split the batch across devices, not a layer's units
+        if self.lowering == "materialized" and self.fuse_kernels and self.backend == "jax" and \
+                meshes.size(spec, "model") == 1:
             fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
         return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fuse_order=fuse_order,
-                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours")
+                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours", mesh=spec)
 
 
 # The class order of the native fused DR step, by algorithm type: DR projects onto P0 then
@@ -130,6 +167,7 @@ class Resolved:
     fuse_order: tuple[int, int] | None  # the fused DR step's class order, or None: no fused step
     carry: bool  # something carries between updates (edges under warm start, an optimizer's state)
     schedule: str  # "colours" (AP, DR, DM) or "layers" (CP)
+    mesh: tuple = (("data", 1),)  # the device mesh's spec (backends/mesh.py)
 
     def with_classes(self, classes: int) -> "Resolved":
         """CP cycles through the plan's backward-BFS layers: how many, once the lowering

@@ -79,9 +79,11 @@ class MemoryEstimate:
     """A run's estimated peak, in bytes, with its parts; ``families``: the edge state each
     family's in-edges take as the lowering stores them (plan order)."""
 
-    edge_state: int
+    edge_state: int  # per device, under a mesh
     params: int
     families: tuple[tuple[str, int], ...] = ()
+    devices: int = 1
+    total_edge_state: int | None = None  # over every device (None: edge_state)
 
     @property
     def temporaries(self) -> int:
@@ -94,7 +96,8 @@ class MemoryEstimate:
     def as_dict(self) -> dict:
         return {"edge_state_bytes": self.edge_state, "param_bytes": self.params,
                 "temporaries_bytes": self.temporaries, "runtime_bytes": RUNTIME_BYTES,
-                "estimated_peak_bytes": self.peak, "family_state_bytes": dict(self.families)}
+                "estimated_peak_bytes": self.peak, "family_state_bytes": dict(self.families),
+                "devices": self.devices, "total_edge_state_bytes": self.total_edge_state or self.edge_state}
 
     def describe(self) -> str:
         return (f"edge state {fmt_bytes(self.edge_state)} + XLA temporaries {fmt_bytes(self.temporaries)} + "

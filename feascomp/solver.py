@@ -13,6 +13,7 @@ update is traced on first use (or ahead of time by :meth:`Solver.compile_update`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -97,6 +98,8 @@ def compile(  # noqa: A001  (the public name users expect)
     momentum: float = 0.0,
     schedule: str = "constant",
     decay_steps: int = 1000,
+    mesh=None,
+    devices: int | None = None,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -115,7 +118,10 @@ def compile(  # noqa: A001  (the public name users expect)
     (feascomp/kernels) where they build -- the same iterates, several times faster; False
     keeps XLA's code throughout. ``max_memory``: bytes the run may take (its estimated
     peak, :attr:`Solver.memory`, is checked against it and the memory available before
-    anything large is allocated; feascomp/resources.py).
+    anything large is allocated; feascomp/resources.py). ``mesh``: the devices to split the
+    batch (``data``) and wide layers' units (``model``) over, as ``"data=4"``, ``{"data":
+    4}``, a spec or a ``jax.sharding.Mesh``; ``devices``: N devices along the data axis;
+    neither: every device JAX sees (docs/distributed.md).
 
     ``algorithm`` ``sgd`` or ``adam``: the gradient baseline on the same model (optax on
     the model's loss through ``jax.grad``; feascomp/gradient.py), with ``learning_rate``,
@@ -150,7 +156,7 @@ def compile(  # noqa: A001  (the public name users expect)
         beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend, warm_start=warm_start,
         monitor=monitor, elide_inputs=elide_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
         max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
-        decay_steps=decay_steps)
+        decay_steps=decay_steps, mesh=mesh, devices=devices)
     solver = compile_tensor(tensor, options)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
@@ -222,15 +228,19 @@ class Solver:
         itemsize = self.np_dtype.itemsize
         # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
         self.carry = resolved.carry
+        self.mesh = resolved.mesh
+        self.devices = math.prod(n for _, n in resolved.mesh)
         params_bytes = sum(op.type.size * itemsize for op in tensor.by_kind("param"))
         if gradient:  # the forward values and their gradients, and the optimizer's moments
             values = sum(f.type.size for f in plan.families if f.kind not in ("param", "target")) * itemsize
             self.memory = MemoryEstimate(edge_state=2 * values, params=params_bytes + 2 * params_bytes)
         else:
             self.memory = MemoryEstimate(
-                edge_state=self.program.state_bytes(itemsize),
+                edge_state=sum(self.program.family_state_bytes(itemsize, per_device=True).values()),
                 params=params_bytes,
                 families=tuple(self.program.family_state_bytes(itemsize).items()),
+                devices=self.devices,
+                total_edge_state=self.program.state_bytes(itemsize),
             )
         self.max_memory = options.max_memory
         self._memory_checked = False
@@ -402,6 +412,12 @@ class Solver:
                                     f"{self.batch_size}; this batch has {n} samples")
             return self.for_batch(n).update(state, x, y)
         x, onehot = self._batch(x, y)
+        if self.processes > 1:  # this process's rows of the batch (its devices' share)
+            import jax
+
+            rows = self.batch_size // jax.process_count()
+            start = jax.process_index() * rows
+            x, onehot = x[start : start + rows], onehot[start : start + rows]
         self.check_memory()
         if self.carry:
             params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, state.edges)
@@ -445,14 +461,65 @@ class Solver:
         """The memory estimate as IR comment lines (``feascomp dump --stage plan`` ends with
         them): per family as this lowering stores it, and the run's estimated peak."""
         m = self.memory
-        lines = [f"// memory at batch {self.batch_size} ({self.algorithm.name}, {self.lowering} lowering, {self.dtype}): "
+        from .backends import mesh as meshes
+
+        on = f" on each of {self.devices} devices ({meshes.spec_text(self.mesh)})" if self.devices > 1 else ""
+        lines = [f"// memory at batch {self.batch_size}{on} ({self.algorithm.name}, {self.lowering} lowering, {self.dtype}): "
                  f"edge state {m.edge_state} B, XLA temporaries ~{m.temporaries} B, parameters {m.params} B; "
                  f"estimated peak {resources.fmt_bytes(m.peak)}"]
-        lines += [f"//   %{name}: {nbytes} B" for name, nbytes in m.families if nbytes]
+        if self.devices == 1:
+            lines += [f"//   %{name}: {nbytes} B" for name, nbytes in m.families if nbytes]
+            return "\n".join(lines) + "\n"
+        device = self.program.family_state_bytes(self.np_dtype.itemsize, per_device=True)
+        for name, nbytes in m.families:
+            if nbytes:
+                how = "split along the batch" if device[name] < nbytes else "the same on every device"
+                lines.append(f"//   %{name}: {nbytes} B, {how}: {device[name]} B per device")
+        comm = self.program.communication(self.algorithm, self.np_dtype.itemsize)
+        per_step = sum(comm.values())
+        lines.append(f"// communicated per step: all-reduces of {per_step} B (each parameter's consensus, a sum over "
+                     f"the batch, once per projection of its class; a ring moves 2 (N-1)/N of it per device)")
+        lines += [f"//   %{name}: {nbytes} B" for name, nbytes in comm.items()]
         return "\n".join(lines) + "\n"
 
     @property
     def state_bytes(self) -> int:
         """What the state between projections takes (edges as the lowering stores them; for
-        SGD/Adam the forward values and their gradients)."""
+        SGD/Adam the forward values and their gradients), over every device."""
+        return self.memory.total_edge_state or self.memory.edge_state
+
+    @property
+    def device_state_bytes(self) -> int:
+        """What one device of the mesh holds of it."""
         return self.memory.edge_state
+
+    @property
+    def processes(self) -> int:
+        """How many processes share the mesh (``jax.distributed``; 1 without a mesh)."""
+        if self.devices == 1:
+            return 1
+        import jax
+
+        return jax.process_count()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes results (parameters, checkpoints): process 0 of a
+        multi-process run, or the only one."""
+        if self.processes == 1:
+            return True
+        import jax
+
+        return jax.process_index() == 0
+
+    def check_processes(self) -> None:
+        """In a multi-process run, refuse (on every process) a model, plan or options that
+        differ between the processes."""
+        if self.processes == 1:
+            return
+        import hashlib
+
+        from .backends import mesh as meshes
+
+        text = print_plan(self.plan) + repr(sorted(self.options.as_dict().items()))
+        meshes.agree(hashlib.sha256(text.encode()).hexdigest(), "model, plan or options")

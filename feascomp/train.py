@@ -11,6 +11,7 @@ import numpy as np
 from . import numerics
 from .data import Dataset, batches
 from .errors import FeascompError
+from .backends.fused import FusedSums
 from .files import atomic_write
 
 
@@ -79,6 +80,8 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     every = checkpoint_every or eval_every or updates
 
     def write_checkpoint():
+        if not solver.writes:  # a multi-process run: process 0 writes, every process reads
+            return
         ckpt.save(checkpoint, params=state.params, best=run.best, carry=state.edges if solver.carry else None,
                   meta={"fingerprint": fingerprint, **run.as_meta()})
 
@@ -121,7 +124,13 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "algorithm": solver.algorithm.name,
         "backend": solver.backend.name,
         "lowering": solver.lowering,
-        "fused_families": sorted(getattr(solver.program, "fused", {})),  # DR steps run by the native kernels
+        # the families whose DR step the native kernels run, when the native step is used
+        "fused_families": sorted(solver.program.strategies(FusedSums)) if solver.program.native_step(solver.algorithm)
+        else [],
+        "devices": solver.devices,
+        "mesh": dict(solver.mesh),
+        "processes": solver.processes,
+        "device_state_bytes": solver.device_state_bytes,
         "dataset": ds.name,
         "seed": seed,
         "updates": run.done,

@@ -128,6 +128,13 @@ class PlanAnalysis:
         self.schedule = schedule
         self.classes = [self.by_colour[c] for c in self.colours] if schedule == "colours" else self._layers()
         self.order = self._topological()
+        # families indexed by the batch (the input's descendants: their leading axis is
+        # the batch), which a mesh's data axis splits; the rest (parameters and functions
+        # of them) are the same on every device
+        self.batched: set[str] = set()
+        for name in self.order:
+            if self.info[name].family.kind == "const" or any(e.src in self.batched for e in self.info[name].in_edges):
+                self.batched.add(name)
         self.params = [f.name for f in plan.families if f.kind == "param"]
         self.consts = [f.name for f in plan.families if f.kind == "const"]
         self.target = next(f.name for f in plan.families if f.kind == "target")

@@ -202,6 +202,26 @@ class CollapsedSlots(Storage):
     def keys(self) -> list[str]:
         return self.value_keys + self.coef_keys + self.gram_keys
 
+    def batch_axis(self, key: str) -> int | None:
+        """Slot values [slots] + the producer's shape, coefficients [terms] + nodes, cached
+        products [slots, slots] + the node axes either basis carries: the batch is node
+        axis 0 (letter ``node[0]``) of a batched family."""
+        if self.name not in self.analysis.batched:
+            return None
+        batch = self.forms.node[0]
+        if key in self.coef_keys:
+            return 1
+        for k in range(len(self.edges)):
+            if key == self.value_key(k):
+                return 1 if self.edges[k].src in self.analysis.batched else None
+        i, j = (int(t) for t in key.rsplit(":", 2)[1:])
+        labels = self.forms.labels + (self.forms.port,)
+        out = self.forms.out_labels(labels[i], labels[j])
+        return 2 + out.index(batch) if batch in out else None
+
+    def unit_axis(self, key: str) -> int | None:
+        return None
+
     # the representation ---------------------------------------------------------------------
     def bases(self, xp, z: dict, data: dict, dtype):
         """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
@@ -432,18 +452,28 @@ class CollapsedSlots(Storage):
             sq = sq + xp.sum(xp.maximum(q, 0))
         return sq
 
-    def nbytes(self, itemsize: int) -> int:
-        """Coefficients, cached products and slot values instead of the in-edges."""
+    def _counts(self) -> dict[str, int]:
+        """Entries per state key: coefficients, cached products, slot values."""
         forms = self.forms
-        count = len(self.edges) * self.terms * math.prod(self.node_shape)
+        out = {k: self.terms * math.prod(self.node_shape) for k in self.coef_keys}
         sizes = [(s, forms.labels[k]) for k, s in enumerate(self.slots)] + [(1, forms.port)]
         shape = dict(zip(forms.node, self.node_shape))
-        count += sum(si * sj * math.prod(shape[x] for x in forms.out_labels(li, lj))
-                     for i, (si, li) in enumerate(sizes) for j, (sj, lj) in enumerate(sizes)
-                     if i <= j and not i == j == len(self.edges))
-        count += sum(s * math.prod(self.analysis.info[e.src].family.type.shape)
-                     for e, s, c in zip(self.edges, self.slots, self.const) if not c)
-        return count * itemsize
+        for i, (si, li) in enumerate(sizes):
+            for j, (sj, lj) in enumerate(sizes):
+                if i <= j and not i == j == len(self.edges):
+                    out[self.gram_key(i, j)] = si * sj * math.prod(shape[x] for x in forms.out_labels(li, lj))
+        for k, (e, s) in enumerate(zip(self.edges, self.slots)):
+            if not self.const[k]:
+                out[self.value_key(k)] = s * math.prod(self.analysis.info[e.src].family.type.shape)
+        return out
+
+    def nbytes(self, itemsize: int) -> int:
+        """Coefficients, cached products and slot values instead of the in-edges."""
+        return sum(self._counts().values()) * itemsize
+
+    def device_nbytes(self, itemsize: int, data: int) -> int:
+        return sum(n // data if data > 1 and self.batch_axis(k) is not None else n
+                   for k, n in self._counts().items()) * itemsize
 
 
 def collapsible(analysis, info, plan: SlotPlan, elide: bool) -> CollapsedSlots | None:

@@ -37,9 +37,10 @@ class FusedSums(Storage):
 
     kind = "edges, fused DR"
 
-    def __init__(self, analysis, info, rows: Edge, cols: Edge, order: tuple[int, int], first: bool):
+    def __init__(self, analysis, info, rows: Edge, cols: Edge, order: tuple[int, int], first: bool, mesh=None):
         super().__init__(analysis, info)
         self.rows, self.cols, self.order, self.first = rows, cols, order, first
+        self.mesh = mesh  # a device mesh: the kernels run on each device's rows (per_shard)
         self.summed = [] if first else [e for e in (rows, cols) if not analysis.is_const(e.src)]
         self.buffer_keys = (rows.key, cols.key)
 
@@ -53,12 +54,21 @@ class FusedSums(Storage):
             if spare is not None and e.key in spare:
                 by_row = e is self.rows  # rows: [N, n] copied along m; cols: [n, m] along N
                 src = vals[e.src] if by_row else xp.transpose(vals[e.src])
-                z[e.key] = kernels.fill(spare[e.key], src, by_row)
+                fill = per_shard(self.mesh, lambda d, s, b=by_row: kernels.fill(d, s, b), (True, by_row), True)
+                z[e.key] = fill(spare[e.key], src)
             else:
                 z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
         for e in self.summed:
             count = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.src_axes)
             z[SUM + e.key] = vals[e.src] * xp.asarray(count, vals[e.src].dtype)
+
+    def state_keys(self) -> list[str]:
+        return self.keys() + [SUM + e.key for e in self.summed]
+
+    def batch_axis(self, key: str) -> int | None:
+        if key.startswith(SUM):  # shaped like the producer
+            return 0 if key[len(SUM):] == self.rows.key and self.rows.src in self.analysis.batched else None
+        return super().batch_axis(key)
 
     def transpose(self, xp, e: Edge, z: dict, data: dict):
         if SUM + e.key in z:
@@ -83,7 +93,26 @@ class FusedSums(Storage):
                 out[k] = fn(*(s[k] for s in states))
 
 
-def fusable(analysis, info, order) -> FusedSums | None:
+def per_shard(mesh, fn, ins, outs):
+    """``fn`` as is, or under a mesh run on each device's rows (``shard_map`` over the data
+    axis): ``ins``/``outs`` say per operand whether it is split along its leading axis
+    (the rows) or the same on every device. The kernels are CPU custom calls with no
+    partitioning rule; every row's work is its own, and per-group partial sums come out
+    stacked along the devices, so the caller's sum over groups reduces across them."""
+    if mesh is None:
+        return fn
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    def specs(flags):
+        if isinstance(flags, bool):
+            return P("data") if flags else P()
+        return tuple(P("data") if f else P() for f in flags)
+
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs(ins), out_specs=specs(outs), check_vma=False)
+
+
+def fusable(analysis, info, order, mesh=None) -> FusedSums | None:
     """``info``'s family as a :class:`FusedSums` if the native step can take it (module
     docstring), else None. The caller checks that the kernel builds (:func:`available`)."""
     f = info.family
@@ -97,7 +126,7 @@ def fusable(analysis, info, order) -> FusedSums | None:
     kinds = [e.map.src_axes if isinstance(e.map, BroadcastMap) else None for e in edges]
     if kinds != [(0, 2), (2, 1)]:
         return None
-    return FusedSums(analysis, info, edges[0], edges[1], order, first=f.name in analysis.classes[order[0]])
+    return FusedSums(analysis, info, edges[0], edges[1], order, first=f.name in analysis.classes[order[0]], mesh=mesh)
 
 
 def available() -> bool:
@@ -130,10 +159,10 @@ def dr_shadow(prog, xp, z: dict, data: dict) -> dict:
     for f in fused:
         if not f.first:
             continue
-        N = f.info.family.type.shape[0]
         ybar, w = prog.output_args(xp, f.info, z, data)
-        y, _, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS),
-                                              reflect=False)
+        project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
+            za, zb, c0, w, min(za.shape[0], FUSED_GROUPS), reflect=False), (True,) * 4, (True,) * 4)
+        y, _, sa, sb = project(z[f.rows.key], z[f.cols.key], ybar, w)
         prog.write_out(xp, f.info, y, p0, data)
         p0[SUM + f.rows.key] = sa
         p0[SUM + f.cols.key] = _group_sum(xp, sb)
@@ -167,9 +196,10 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     q = {}
     passes = {}
     for f in first:
-        N = f.info.family.type.shape[0]
         ybar, w = prog.output_args(xp, f.info, z, data)
-        y, coef, sa, sb = kernels.dot_dr_project(z[f.rows.key], z[f.cols.key], ybar, w, min(N, FUSED_GROUPS))
+        project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
+            za, zb, c0, w, min(za.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 4)
+        y, coef, sa, sb = project(z[f.rows.key], z[f.cols.key], ybar, w)
         passes[f.info.name] = coef
         prog.write_out(xp, f.info, y, p0, data)
         q[SUM + f.rows.key] = sa  # the reflected edges' sums, for their producers' P1
@@ -179,12 +209,12 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     new: dict = {}
     moved = 0.0  # a Python float: the sums below give it their dtype
     for f in second:
-        N = f.info.family.type.shape[0]
         pa = p0[f.rows.key][:, 0, :]  # the [N, n] source of the edges copied along m
         pb = p0[f.cols.key][0]  # the transposed [n, m] source: [m, n]
         ybar, w = prog.output_args(xp, f.info, q, data)
-        za, zb, y, res, sa, sb = kernels.dot_dr_step(z[f.rows.key], z[f.cols.key], pa, pb, ybar, w, r,
-                                                     min(N, FUSED_GROUPS))
+        step = per_shard(f.mesh, lambda za, zb, pa, pb, c0, w: kernels.dot_dr_step(
+            za, zb, pa, pb, c0, w, r, min(za.shape[0], FUSED_GROUPS)), (True, True, True, False, True, True), (True,) * 6)
+        za, zb, y, res, sa, sb = step(z[f.rows.key], z[f.cols.key], pa, pb, ybar, w)
         new[f.rows.key], new[f.cols.key] = za, zb
         if SUM + f.rows.key in z:
             new[SUM + f.rows.key] = sa
@@ -195,7 +225,9 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     for f in first:
         va = p1[f.rows.key][:, 0, :]
         vb = p1[f.cols.key][0]
-        za, zb, res = kernels.dot_dr_update(z[f.rows.key], z[f.cols.key], passes[f.info.name], va, vb, r)
+        update = per_shard(f.mesh, lambda za, zb, coef, va, vb: kernels.dot_dr_update(za, zb, coef, va, vb, r),
+                           (True, True, True, True, False), (True,) * 3)
+        za, zb, res = update(z[f.rows.key], z[f.cols.key], passes[f.info.name], va, vb)
         new[f.rows.key], new[f.cols.key] = za, zb
         moved = moved + xp.sum(res)
     for k in q:

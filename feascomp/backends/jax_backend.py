@@ -1,7 +1,24 @@
-"""The JAX backend: the lowered Program, K steps in one jitted ``lax.scan``."""
+"""The JAX backend: the lowered Program, K steps in one jitted ``lax.scan``.
+
+Under a device mesh (backends/mesh.py) the update is one SPMD program: the batch and
+every batch-indexed state array are split along the mesh's data axis (``NamedSharding``,
+the state constrained to its layout at every step), parameters are the same on every
+device, and a parameter's consensus -- a sum over the batch -- becomes the all-reduce XLA
+inserts. The native kernels run per shard (fused.per_shard). Across processes
+(``jax.distributed``) each process passes its own rows of every batch.
+"""
 from __future__ import annotations
 
 import time
+
+from . import mesh as meshes
+from .program import TrackedState
+
+
+def _like(tree, fn):
+    """``fn(key, leaf)`` over a state (a dict or a TrackedState), keeping its type."""
+    out = {k: fn(k, v) for k, v in tree.items()}
+    return TrackedState(out, getattr(tree, "written", frozenset())) if isinstance(tree, TrackedState) else out
 
 
 class JaxBackend:
@@ -16,6 +33,50 @@ class JaxBackend:
         # ``buffer_keys``), which the solver state carries (``buffers``): new memory's page
         # faults cost ~17 ms per 100 MB, more than the copy itself
         self._spare_keys = list(lowered.program.buffer_keys)
+        self.mesh = meshes.build(lowered.resolved.mesh)
+
+    # the mesh -------------------------------------------------------------------------------
+    def _sharding(self, spec=()):
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    def state_sharding(self, key: str, shape):
+        return self._sharding(self.lowered.program.partition(key, shape))
+
+    def _constrain(self, z):
+        """The state laid over the mesh as the program says (each array's batch axis split)."""
+        import jax
+
+        if self.mesh is None:
+            return z
+        return jax.lax.with_sharding_constraint(z, _like(z, lambda k, v: self.state_sharding(k, v.shape)))
+
+    def _global(self, params, x, onehot):
+        """Arguments as global arrays across processes (each process holds its rows of the
+        batch, and the same parameters); as given in one process."""
+        import jax
+
+        if self.mesh is None or jax.process_count() == 1:
+            return params, x, onehot
+        batch, same = self._sharding(("data",)), self._sharding()
+        rows = lambda a: jax.make_array_from_process_local_data(batch, a)  # noqa: E731
+        whole = lambda a: jax.make_array_from_callback(a.shape, same, lambda i: a[i])  # noqa: E731
+        import numpy as np
+
+        return {k: whole(np.asarray(v)) for k, v in params.items()}, rows(x), rows(onehot)
+
+    @staticmethod
+    def _host(out):
+        """Parameters and residuals as host arrays where they span processes."""
+        import jax
+        import numpy as np
+
+        if jax.process_count() == 1:
+            return out
+        params, residuals, z = out
+        local = lambda a: np.asarray(a.addressable_data(0))  # noqa: E731
+        return jax.tree_util.tree_map(local, params), jax.tree_util.tree_map(local, residuals), z
 
     def update_fn(self, warm: bool = False):
         """The pure update (params, x, onehot[, z[, spare]]) -> (params, residuals, z), for
@@ -32,6 +93,7 @@ class JaxBackend:
             data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
                 z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data, spare)
+            z = self._constrain(z)
             combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
             distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
             native = prog.native_step(alg)
@@ -41,6 +103,7 @@ class JaxBackend:
                     z, r = native(jnp, z, data)
                 else:
                     z, r = alg.step(jnp, prog.projector(jnp, data, i), z, distance, combine)
+                z = self._constrain(z)
                 out = {"step": r}
                 if monitor:
                     out["family"] = prog.family_distances(jnp, alg.shadow(prog.projector(jnp, data, i), z, combine), data)
@@ -65,7 +128,21 @@ class JaxBackend:
         import jax
 
         shapes = {e.key: e.type.shape for e in self.lowered.plan.edges}
-        return {k: jax.ShapeDtypeStruct(shapes[k], self.lowered.np_dtype) for k in self._spare_keys}
+        sharding = (lambda k: self.state_sharding(k, shapes[k])) if self.mesh is not None else (lambda k: None)
+        return {k: jax.ShapeDtypeStruct(shapes[k], self.lowered.np_dtype, sharding=sharding(k))
+                for k in self._spare_keys}
+
+    def _jit(self, fn, params, warm: bool = False, **kw):
+        """``jax.jit`` of an update, with the mesh's layouts for its arguments and results."""
+        import jax
+
+        if self.mesh is None:
+            return jax.jit(fn, **kw)
+        same, batch = self._sharding(), self._sharding(("data",))
+        z = _like(self.carry_template(params), lambda k, v: self.state_sharding(k, v.shape))
+        ins = (same, batch, batch) + ((z,) if warm else ({k: z[k] for k in self._spare_keys},) if self._spare_keys
+                                      else ())
+        return jax.jit(fn, in_shardings=ins, out_shardings=(same, same, z), **kw)
 
     def compile(self, params) -> float:
         import jax
@@ -76,11 +153,15 @@ class JaxBackend:
         x, y = s.example_batch()
         t0 = time.perf_counter()
         with s.precision():
+            if self.mesh is not None:  # shapes only: the arguments' layouts are the jit's
+                shape = lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a))  # noqa: E731
+                params, x, y = jax.tree_util.tree_map(shape, params), shape(x), shape(y)
             if self._spare_keys:
-                fn = jax.jit(lambda p, x, y, spare: self.update_fn()(p, x, y, None, spare), donate_argnums=(3,))
+                fn = self._jit(lambda p, x, y, spare: self.update_fn()(p, x, y, None, spare), params,
+                               donate_argnums=(3,))
                 self._compiled = fn.lower(params, x, y, self._spare_shapes()).compile()
             else:
-                self._compiled = jax.jit(self.update_fn()).lower(params, x, y).compile()
+                self._compiled = self._jit(self.update_fn(), params).lower(params, x, y).compile()
         return time.perf_counter() - t0
 
     def buffers(self, z):
@@ -97,14 +178,17 @@ class JaxBackend:
 
         self.compile(params)
         with self.lowered.precision():
+            params, x, onehot = self._global(params, x, onehot)
             if edges is None:
                 if not self._spare_keys:
-                    return self._compiled(params, x, onehot)
+                    return self._host(self._compiled(params, x, onehot))
                 want = self._spare_shapes()
                 if buffers is None or set(buffers) != set(want) or any(  # none yet, given away, or another batch's
                         b.is_deleted() or b.shape != want[k].shape or b.dtype != want[k].dtype for k, b in buffers.items()):
-                    buffers = {k: jnp.zeros(v.shape, v.dtype) for k, v in want.items()}
-                return self._compiled(params, x, onehot, buffers)
+                    zeros = lambda: {k: jnp.zeros(v.shape, v.dtype) for k, v in want.items()}  # noqa: E731
+                    shardings = {k: v.sharding for k, v in want.items()} if self.mesh is not None else None
+                    buffers = jax.jit(zeros, out_shardings=shardings)()
+                return self._host(self._compiled(params, x, onehot, buffers))
             if self._compiled_warm is None:
-                self._compiled_warm = jax.jit(self.update_fn(), donate_argnums=(3,))
-            return self._compiled_warm(params, x, onehot, edges)
+                self._compiled_warm = self._jit(self.update_fn(), params, warm=True, donate_argnums=(3,))
+            return self._host(self._compiled_warm(params, x, onehot, edges))

@@ -24,6 +24,7 @@ offer a choice (:attr:`Lowering.kernel`), unless a family names its own.
 from __future__ import annotations
 
 from . import fused
+from . import mesh as meshes
 from .analysis import FamilyInfo, PlanAnalysis
 from .collapsed import SlotPlan, collapsible
 from .program import Program
@@ -48,7 +49,7 @@ class Lowering:
     def storage(self, analysis: PlanAnalysis, info: FamilyInfo, resolved, slots) -> Storage:
         """The strategy that stores ``info``'s in-edges."""
         if resolved.fuse_order is not None and resolved.schedule == "colours" and len(analysis.classes) == 2:
-            found = fused.fusable(analysis, info, resolved.fuse_order)
+            found = fused.fusable(analysis, info, resolved.fuse_order, meshes.build(resolved.mesh))
             if found is not None:
                 return found
         if resolved.elide_inputs and any(analysis.is_const(e.src) for e in info.in_edges):
@@ -58,12 +59,23 @@ class Lowering:
     def lower(self, plan, resolved, options) -> Program:
         analysis = PlanAnalysis(plan, loss_options=dict(options.loss_options), schedule=resolved.schedule,
                                 kernel=self.kernel)
+        model = meshes.size(resolved.mesh, "model")
+        if model > 1:  # the model axis splits dense layers' units: some must divide
+            units = {f.name: f.type.shape[1] for f in plan.families
+                     if f.kind == "dot" and len(f.type.shape) == 2 and f.name in analysis.batched}
+            if not any(m % model == 0 for m in units.values()):
+                from ..errors import FeascompError
+
+                found = ", ".join(f"%{n}: {m}" for n, m in units.items()) or "none"
+                raise FeascompError(f"the mesh's model axis ({model} devices) divides no dense layer's units (the "
+                                    f"dense layers' units: {found}); use a model axis that divides one, or data only")
         slots = self.slots(resolved)
         storage = {name: self.storage(analysis, info, resolved, slots) for name, info in analysis.info.items()}
         if any(isinstance(s, fused.FusedSums) for s in storage.values()) and not fused.available():
             # the native kernels do not build here: the plain edges throughout
             storage = {n: Storage(analysis, s.info) if isinstance(s, fused.FusedSums) else s for n, s in storage.items()}
-        return Program(analysis, storage, lowering=self.name, weighted=options.weighted, slots=slots)
+        return Program(analysis, storage, lowering=self.name, weighted=options.weighted, slots=slots,
+                       mesh_spec=resolved.mesh)
 
 
 Materialized = Lowering

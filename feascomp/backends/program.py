@@ -59,7 +59,7 @@ class Program:
     place per value); ``weighted``: project with the out-degree as the output's weight."""
 
     def __init__(self, analysis: PlanAnalysis, storage: dict[str, Storage], *, lowering: str,
-                 weighted: bool = False, slots=None):
+                 weighted: bool = False, slots=None, mesh_spec: tuple = ()):
         self.analysis = analysis
         self.storage = storage
         self.lowering = lowering
@@ -77,6 +77,38 @@ class Program:
                 self.group_of.update((n, members) for n in members)
         self.tracks_writes = any(s.tracks_writes for s in storage.values())
         self.buffer_keys = sorted(k for s in storage.values() for k in getattr(s, "buffer_keys", ()))
+        self.mesh_spec = mesh_spec  # (("data", n), ...): the device mesh the state is split over
+        self.owner = {k: s for s in storage.values() for k in s.state_keys()}
+
+    def communication(self, algorithm, itemsize: int) -> dict[str, int]:
+        """Bytes all-reduced per step under a mesh's data axis, by family: a family that is
+        the same on every device but has out-edges along the batch (a parameter) sums them
+        across devices each time its class is projected."""
+        a = self.analysis
+        calls = algorithm.projections.step
+        cls = {n: c for c, names in enumerate(a.classes) for n in names}
+        out = {}
+        for name, info in a.info.items():
+            if name not in a.batched and any(e.dst in a.batched for e in info.out):
+                out[name] = math.prod(info.family.type.shape) * itemsize * calls.get(cls[name], 0)
+        return out
+
+    def partition(self, key: str, shape) -> tuple:
+        """How state array ``key`` (of ``shape``) is laid over the mesh: per axis ``"data"``
+        (its batch axis), ``"model"`` (a dense layer's units, where the axis divides them)
+        or None (the same on every device)."""
+        out = [None] * len(shape)
+        owner = self.owner.get(key)
+        if owner is None:
+            return tuple(out)
+        sizes = dict(self.mesh_spec)
+        b = owner.batch_axis(key)
+        if b is not None and sizes.get("data", 1) > 1 and shape[b] % sizes["data"] == 0:
+            out[b] = "data"
+        u = owner.unit_axis(key)
+        if u is not None and sizes.get("model", 1) > 1 and shape[u] % sizes["model"] == 0:
+            out[u] = "model"
+        return tuple(out)
 
     def strategies(self, cls) -> dict[str, Storage]:
         """The families stored by strategy ``cls`` (or a subclass), by name."""
@@ -86,11 +118,15 @@ class Program:
     def state_bytes(self, itemsize: int | None = None) -> int:
         return sum(self.family_state_bytes(itemsize).values())
 
-    def family_state_bytes(self, itemsize: int | None = None) -> dict[str, int]:
-        """The state each family's in-edges take as stored, in plan order."""
+    def family_state_bytes(self, itemsize: int | None = None, per_device: bool = False) -> dict[str, int]:
+        """The state each family's in-edges take as stored, in plan order (``per_device``:
+        on one device of the mesh)."""
         import numpy as np
 
         size = itemsize or np.dtype(self.dtype).itemsize
+        data = dict(self.mesh_spec).get("data", 1)
+        if per_device:
+            return {f.name: self.storage[f.name].device_nbytes(size, data) for f in self.plan.families}
         return {f.name: self.storage[f.name].nbytes(size) for f in self.plan.families}
 
     # the state ---------------------------------------------------------------------------

@@ -62,6 +62,21 @@ class Storage:
     def keys(self) -> list[str]:
         return [e.key for e in self.edges if self.stored(e)]
 
+    def state_keys(self) -> list[str]:
+        """Every key this strategy keeps in the state between steps."""
+        return self.keys()
+
+    def batch_axis(self, key: str) -> int | None:
+        """The axis of state array ``key`` that indexes the batch (a mesh's data axis
+        splits it), or None: the same on every device."""
+        return 0 if self.info.name in self.analysis.batched else None
+
+    def unit_axis(self, key: str) -> int | None:
+        """The axis a mesh's model axis may split: a dense layer's units (its edges
+        [batch, units, fan_in]), or None."""
+        f = self.info.family
+        return 1 if f.kind == "dot" and len(f.type.shape) == 2 and self.info.name in self.analysis.batched else None
+
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         """Write the forward pass's copies (every edge its producer's value) into ``z``.
         ``spare``: buffers of the previous update this strategy may write into."""
@@ -105,6 +120,11 @@ class Storage:
 
     def nbytes(self, itemsize: int) -> int:
         return sum(math.prod(e.type.shape) for e in self.edges if self.stored(e)) * itemsize
+
+    def device_nbytes(self, itemsize: int, data: int) -> int:
+        """What one device holds when a mesh's data axis splits the batch over ``data``."""
+        split = self.info.name in self.analysis.batched and data > 1
+        return self.nbytes(itemsize) // data if split else self.nbytes(itemsize)
 
 
 Edges = Storage
