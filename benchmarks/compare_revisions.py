@@ -1,9 +1,10 @@
 """Step time of this checkout against another revision, side by side in one run.
 
     python benchmarks/compare_revisions.py --base HEAD~5
-    python benchmarks/compare_revisions.py --base v0.3 --algorithms dr,ap:collapsed --rounds 3 --out ab.json
+    python benchmarks/compare_revisions.py --base v0.3 --head main --algorithms dr,ap:collapsed --out ab.json
 
-The other revision is checked out into a temporary git worktree. Each round runs every
+The revisions are checked out into temporary git worktrees (``--head`` omitted: this
+working tree). Each round runs every
 configuration once in each tree, alternating which goes first, each run its own process
 (benchmarks/step_time.py's worker of that tree, importing that tree's feascomp): so both
 see the same machine load over the run. Reported: the median over rounds of each run's
@@ -33,6 +34,7 @@ def run(tree: str, model: str, alg: str, args) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the revision to compare against (git rev)")
+    ap.add_argument("--head", help="the revision to compare (default: this working tree)")
     ap.add_argument("--models", default="mlp1x128,mlp4x128+readout")
     ap.add_argument("--algorithms", default="dr,dr:xla,ap,ap:collapsed,dr:collapsed,cp",
                     help="ALGORITHM[:LOWERING] as in benchmarks/step_time.py")
@@ -44,25 +46,30 @@ def main():
     args = ap.parse_args()
     base_rev = subprocess.run(["git", "rev-parse", "--short", args.base], capture_output=True, text=True, check=True,
                               cwd=ROOT).stdout.strip()
-    head_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=ROOT).stdout.strip()
+    head_rev = subprocess.run(["git", "rev-parse", "--short", args.head or "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=ROOT).stdout.strip() + ("" if args.head else " (working tree)")
     with tempfile.TemporaryDirectory() as tmp:
         base = os.path.join(tmp, "base")
         subprocess.run(["git", "worktree", "add", "--detach", "-q", base, args.base], check=True, cwd=ROOT)
+        head = ROOT
+        if args.head:
+            head = os.path.join(tmp, "head")
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", head, args.head], check=True, cwd=ROOT)
         try:
             times: dict = {}
             configs = [(m, a) for m in args.models.split(",") for a in args.algorithms.split(",")]
             for r in range(args.rounds):
                 for i, (model, alg) in enumerate(configs):
-                    order = [("base", base), ("head", ROOT)]
+                    order = [("base", base), ("head", head)]
                     if (r + i) % 2:
                         order.reverse()
                     for which, tree in order:
                         times.setdefault((model, alg), {}).setdefault(which, []).append(run(tree, model, alg, args))
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", base], cwd=ROOT, check=False)
+            for tree in {base, head} - {ROOT}:
+                subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=ROOT, check=False)
     rows = []
-    print(f"base {base_rev} vs head {head_rev} (working tree); batch {args.batch}, K = {args.steps}, "
+    print(f"base {base_rev} vs head {head_rev}; batch {args.batch}, K = {args.steps}, "
           f"median of {args.rounds} rounds of {args.updates} updates each")
     print(f"{'model':18s} {'algorithm':14s} {'base ms/step':>12s} {'head ms/step':>12s} {'head/base':>9s}")
     for (model, alg), t in times.items():
