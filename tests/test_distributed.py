@@ -19,7 +19,10 @@ MLP, READOUT, CNN = "examples/digits_mlp.fc", "examples/digits_readout.fc", "exa
 
 
 def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": ROOT}
+    # XLA's backend optimisation off: the programs compared are compiled alike, and it
+    # takes a third of the compile time off these tests (which are mostly compiles)
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": ROOT}
 
 
 def _run_worker(tmp_path, configs: dict) -> dict:
@@ -59,8 +62,10 @@ def test_one_two_four_devices_agree_on_the_mlp_in_float64(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [MLP, READOUT, CNN])
+@pytest.mark.parametrize("model", [READOUT, CNN])
 def test_one_two_four_devices_agree_in_float32(tmp_path, model):
+    """The readout MLP and the CNN in float32 (the MLP's float32 run is the two-process
+    test's, and its every algorithm is checked in float64 above, to a tighter tolerance)."""
     tag = os.path.basename(model)[:-3]
     configs = {f"{tag}-{a}": {"model": model, **kw} for a, kw in ALGORITHMS.items()}
     _run_worker(tmp_path, configs)
@@ -95,10 +100,10 @@ def test_a_batch_too_big_for_one_devices_budget_runs_on_four(tmp_path):
     assert r["refused"] and r["peak4"] <= r["budget"]
     assert r["device4"] <= r["total"] / 4 + 1
     report = _run_worker(tmp_path, {"cnn": {"model": CNN, "batch_size": 128, "algorithm": "dr", "fuse_kernels": False,
-                                            "warm_start": True, "devices": [1, 4]}})
-    whole, quarter = report["cnn-1"], report["cnn-4"]
-    assert whole["measured_device_state_bytes"] == whole["state_bytes"]
-    assert quarter["measured_device_state_bytes"] <= whole["state_bytes"] / 4 + whole["param_bytes"]
+                                            "warm_start": True, "devices": [4]}})
+    quarter = report["cnn-4"]  # what one device's arrays hold of the carried state
+    assert quarter["state_bytes"] == r["total"]
+    assert quarter["measured_device_state_bytes"] <= quarter["state_bytes"] / 4 + quarter["param_bytes"]
 
 
 def _free_port() -> int:
