@@ -25,6 +25,14 @@ def _env(devices: int) -> dict:
     return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": ROOT}
 
 
+def _python(code: str, devices: int) -> list[str]:
+    """``code`` run by Python in a process with ``devices`` forced devices: its output lines."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(devices), cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()
+
+
 def _run_worker(tmp_path, configs: dict) -> dict:
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "distributed_worker.py"), str(tmp_path),
                           json.dumps(configs)], capture_output=True, text=True, env=_env(4), cwd=ROOT, timeout=900)
@@ -93,10 +101,7 @@ def test_a_batch_too_big_for_one_devices_budget_runs_on_four(tmp_path):
         "print(json.dumps({'refused': refused, 'budget': budget, 'peak4': four.memory.peak,"
         " 'total': one.state_bytes, 'device4': four.device_state_bytes}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(4), cwd=ROOT,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(_python(code, 4)[-1])
     assert r["refused"] and r["peak4"] <= r["budget"]
     assert r["device4"] <= r["total"] / 4 + 1
     report = _run_worker(tmp_path, {"cnn": {"model": CNN, "batch_size": 128, "algorithm": "dr", "fuse_kernels": False,
@@ -189,9 +194,7 @@ def test_refusals_that_need_devices():
         "    except FeascompError as e:\n"
         "        print('refused', e.message)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(4), cwd=ROOT,
-                         timeout=300)
-    lines = out.stdout.strip().splitlines()
+    lines = _python(code, 4)
     assert "--batch-size 10 is not divisible by the mesh's data axis (4 devices)" in lines[0]
     assert "needs 8 devices; JAX sees 4" in lines[1]
     assert "model axis (3 devices) divides no dense layer's units" in lines[2]
