@@ -58,6 +58,7 @@ ALGORITHMS = {  # DR fused and XLA's, AP materialized and collapsed, CP, DM
 }
 
 
+@pytest.mark.slow
 def test_one_two_four_devices_agree_on_the_mlp_in_float64(tmp_path):
     configs = {f"mlp-{a}": {"model": MLP, "dtype": "float64", **kw} for a, kw in ALGORITHMS.items()}
     # the model axis too: dense layers' units split over 2 devices (XLA's step)
