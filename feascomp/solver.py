@@ -109,7 +109,7 @@ def compile(  # noqa: A001  (the public name users expect)
     ``monitor``: also report each family's distance to its constraint at every step;
     ``elide_inputs``: under AP (cold start, no monitor) do not store the input's edges,
     which AP always finds equal to the input: the same iterates with less memory traffic,
-    the step residual then measured over the stored edges (backends/materialized.py);
+    the step residual then measured over the stored edges (backends/storage.py, ElidedInputs);
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
     (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
     inputs' values and per-node coefficients instead of their edges; backends/collapsed.py);

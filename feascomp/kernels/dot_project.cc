@@ -181,7 +181,7 @@ void project_rows(int64_t r0, int64_t r1, int64_t n, const T* __restrict a0, con
 }
 
 // One Douglas-Rachford step on a dense dot family's input edges (the materialized lowering's
-// fused path, feascomp/backends/materialized.py). The family has nodes [N, m] with ports of
+// fused path, feascomp/backends/fused.py). The family has nodes [N, m] with ports of
 // length n; its a-edges za[i, j, :] are copies of pa[i, :] and its b-edges zb[i, j, :] of
 // pb[j, :] under the other colour's projection P0 (their producers' projected values, given).
 // For every node: a0 = 2 pa - za, b0 = 2 pb - zb, (a, b, y) = the dot projection of
