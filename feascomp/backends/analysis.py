@@ -121,11 +121,9 @@ class PlanAnalysis:
             if len(members) > 1:
                 self.groups.append(members)
         self.colours = sorted({f.attr("colour") for f in plan.families})
-        self.colour = {f.name: f.attr("colour") for f in plan.families}
         self.by_colour = {c: [f.name for f in plan.families if f.attr("colour") == c] for c in self.colours}
         if schedule not in ("colours", "layers"):
             raise ValueError(f"schedule must be 'colours' or 'layers', not {schedule!r}")
-        self.schedule = schedule
         self.classes = [self.by_colour[c] for c in self.colours] if schedule == "colours" else self._layers()
         self.order = self._topological()
         # families indexed by the batch (the input's descendants: their leading axis is
