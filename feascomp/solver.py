@@ -225,6 +225,8 @@ class Solver:
         self.input_dtype = np.dtype(np.int32) if self.tokens else self.np_dtype
         self.vocab = min((tensor.types()[op.operands[1]].shape[0] for op in tensor.by_kind("embed")), default=None)
         self.num_classes = plan.family(self.program.target).port_length("logits")
+        # a sequence model's logits are [T, classes]: a label per position
+        self.positions = tuple(tensor.types()[tensor.output].shape[:-1])
         itemsize = self.np_dtype.itemsize
         # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
         self.carry = resolved.carry
@@ -247,7 +249,8 @@ class Solver:
         from .backends.lowered import Lowered
 
         self.lowered = Lowered(tensor, plan, self.program, self.algorithm, options, self.resolved, self.input_name,
-                               tuple(self.input_shape), self.input_dtype, self.num_classes, self.batch_size, self.tokens)
+                               tuple(self.input_shape), self.input_dtype, self.num_classes, self.batch_size, self.tokens,
+                               self.positions)
         self.backend = GradientBackend(self.lowered) if gradient else backends.load(options.backend)(self.lowered)
         self._apply = None
         self.param_names = self.treedef = self.example_params = None
@@ -344,16 +347,17 @@ class Solver:
                 f"{[self.batch_size, *self.input_shape]} (compile again for another batch size)"
             )
         y = np.asarray(y)
-        if y.shape[:1] != (self.batch_size,) or y.ndim not in (1, 2):
-            raise FeascompError(f"labels have shape {list(y.shape)}; this batch needs {self.batch_size} class indices "
+        indices = (self.batch_size,) + self.positions
+        if y.shape not in (indices, indices + (self.num_classes,)):
+            what = f"{self.batch_size} class indices" if not self.positions else \
+                f"class indices of shape {list(indices)} (one per position)"
+            raise FeascompError(f"labels have shape {list(y.shape)}; this batch needs {what} "
                                 f"or one-hot rows of {self.num_classes}")
-        if y.ndim == 1:
+        if y.shape == indices:
             if y.size and (not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= self.num_classes):
                 raise FeascompError(f"labels must be class indices in [0, {self.num_classes}) (the model's "
                                     f"{self.num_classes} logits); the batch holds {y.min()}..{y.max()}")
             onehot = np.eye(self.num_classes, dtype=dt)[y.astype(int)]
-        elif y.shape[1] != self.num_classes:
-            raise FeascompError(f"one-hot labels have {y.shape[1]} columns; the model has {self.num_classes} logits")
         else:
             onehot = y.astype(dt)
         return x, onehot

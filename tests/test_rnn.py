@@ -17,9 +17,10 @@ from feascomp.passes import fuse_sum_relu
 from models import assert_matches_oracle
 
 
-def rnn_source(steps, width, hidden, classes, readout_every_step=True, dtype="f64"):
-    """An Elman RNN over ``steps`` rows of ``width`` inputs: u_t = x_t Wx + h_{t-1} Wh + b,
-    h_t = relu(u_t[:hidden]), logits = sum of u_t[hidden:] (every step's, or the last's)."""
+def rnn_source(steps, width, hidden, classes, readout_every_step=True, dtype="f64", last_state=False):
+    """An Elman RNN over ``steps`` rows of ``width`` inputs, unrolled by hand: u_t = x_t Wx +
+    h_{t-1} Wh + b, h_t = relu(u_t[:hidden]) (the last step's too with ``last_state``),
+    logits = sum of u_t[hidden:] (every step's, or the last's)."""
     n = hidden + classes
     lines = ["model rnn", f"input x : {dtype}[{steps * width}]",
              f"param Wx : {dtype}[{width}, {n}] = normal", f"param Wh : {dtype}[{hidden}, {n}] = normal",
@@ -27,11 +28,83 @@ def rnn_source(steps, width, hidden, classes, readout_every_step=True, dtype="f6
     for t in range(steps):
         rec = f" + h{t - 1} @ Wh" if t else ""
         lines.append(f"u{t} = flatten(slice(img, start = {t}, stop = {t + 1})) @ Wx{rec} + b")
-        if t < steps - 1:
+        if t < steps - 1 or last_state:
             lines.append(f"h{t} = relu(slice(u{t}, stop = {hidden}))")
     outs = [f"slice(u{t}, start = {hidden}, stop = {n})" for t in (range(steps) if readout_every_step else [steps - 1])]
     lines += ["output logits = " + " + ".join(outs), "loss cross_entropy(logits)"]
     return "\n".join(lines) + "\n"
+
+
+def rnn_for_source(steps, width, hidden, classes, readout_every_step=True, dtype="f64"):
+    """The same RNN as a for block (docs/language.md): h and the summed logits are carries
+    that start at zero; the last step's logits is a carry assigned at every step."""
+    n = hidden + classes
+    return "\n".join([
+        "model rnn", f"input x : {dtype}[{steps * width}]",
+        f"param Wx : {dtype}[{width}, {n}] = normal", f"param Wh : {dtype}[{hidden}, {n}] = normal",
+        f"param b : {dtype}[{n}] = normal", f"img = reshape(x, shape = [{steps}, {width}])",
+        f"for t in range({steps}) carry h : {dtype}[{hidden}], logits : {dtype}[{classes}]:",
+        "    u = img[t] @ Wx + h @ Wh + b",
+        f"    h = relu(slice(u, stop = {hidden}))",
+        f"    logits = {'logits + ' if readout_every_step else ''}slice(u, start = {hidden}, stop = {n})",
+        "end", "output logits", "loss cross_entropy(logits)"]) + "\n"
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.booleans()))
+def test_for_block_unrolls_into_the_hand_unrolled_plan(case):
+    """The compiler's unrolling makes the families of the RNN unrolled by hand: the same
+    plan up to value names (a zero carry's terms dropped at step 0)."""
+    from test_jaxpr_frontend import canonical
+
+    pipeline = parse_pipeline(DEFAULT_PIPELINE, batch=2)
+    by_hand = run_pipeline(parse_model(rnn_source(*case, last_state=True)), pipeline)
+    by_loop = run_pipeline(parse_model(rnn_for_source(*case)), pipeline)
+    assert canonical(print_plan(by_loop)) == canonical(print_plan(by_hand))
+
+
+def sequence_source(steps, width, hidden, classes, embed=False):
+    """A sequence model with a target per position: logits[t] collected at every step."""
+    n = hidden + classes
+    head = ([f"input x : i32[{steps}]", f"param E : f64[5, {width}] = normal", "e = embed(x, E)"] if embed else
+            [f"input x : f64[{steps}, {width}]", "e = relu(x)"])
+    return "\n".join(["model seq", *head, f"param W : f64[{width + hidden}, {n}] = normal",
+                      f"param b : f64[{n}] = normal",
+                      f"for t in range({steps}) carry h : f64[{hidden}]:",
+                      "    u = concat(e[t], h) @ W + b", f"    h = relu(slice(u, stop = {hidden}))",
+                      f"    y[t] = slice(u, start = {hidden}, stop = {n})", "end", "output y",
+                      "loss cross_entropy(y)"]) + "\n"
+
+
+@pytest.mark.parametrize("algorithm", ["dr", "ap", "cp"])
+@pytest.mark.parametrize("embed", [False, True], ids=["dense", "embedding"])
+def test_sequence_model_matches_the_oracle(algorithm, embed):
+    """A target per position (labels [batch, T]): the jax backend's update equals the scalar
+    graph oracle's, which builds its own per-position target nodes."""
+    tensor = parse_model(sequence_source(3, 2, 3, 4, embed))
+    rng = np.random.default_rng(7)
+    params = {op.result: rng.normal(size=op.type.shape) for op in tensor.by_kind("param")}
+    x = rng.integers(0, 5, size=(2, 3)) if embed else rng.normal(size=(2, 3, 2))
+    y = rng.integers(0, 4, size=(2, 3))
+    assert sum(f.kind == "target" for f in run_pipeline(tensor, parse_pipeline(DEFAULT_PIPELINE, batch=2)).families) == 3
+    assert_matches_oracle(tensor, 2, algorithm, params, x, y, weighted=False)
+
+
+def test_sequence_model_trains_and_reports_per_position_accuracy():
+    """Labels [n, T]: the solver takes class indices per position, apply gives [n, T, C]."""
+    solver = feascomp.compile(parse_model(sequence_source(3, 2, 4, 3, embed=True)), batch_size=8, steps=5, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(8, 3))
+    y = (x + 1) % 3  # the next class is a function of this position's token
+    params = solver.init_params(0)
+    state = solver.init(params)
+    for _ in range(3):
+        params, state, info = solver.update(state, x, y)
+    assert np.asarray(solver.apply(params, x)).shape == (8, 3, 3)
+    assert np.all(np.isfinite(info["residual"]))
+    assert 0.0 <= solver.accuracy(params, x, y) <= 1.0
+    with pytest.raises(feascomp.FeascompError, match=r"class indices of shape \[8, 3\]"):
+        solver.update(state, x, y[:, :2])
 
 
 def test_digits_rnn_is_split_fused_and_bipartite():
@@ -40,7 +113,7 @@ def test_digits_rnn_is_split_fused_and_bipartite():
     kinds = {f.name: f for f in plan.families}
     assert not any(f.kind in ("identity",) for f in plan.families)
     for t in range(7):  # h_t = sum_relu(x_t Wx[:, :16], h_{t-1} Wh[:, :16], b[:16])
-        assert kinds[f"h{t}"].kind == "sum_relu" and kinds[f"h{t}"].port_length("x") == (2 if t == 0 else 3)
+        assert kinds[f"h_t{t}"].kind == "sum_relu" and kinds[f"h_t{t}"].port_length("x") == (2 if t == 0 else 3)
     assert kinds["logits"].kind == "sum" and kinds["logits"].port_length("x") == 8 * 3 - 1
     assert not any(f.kind == "sum" and f.name != "logits" and plan.out_edges(f.name) for f in plan.families)
     assert all(plan.colour(e.src) != plan.colour(e.dst) for e in plan.edges)

@@ -135,7 +135,8 @@ class PlanAnalysis:
                 self.batched.add(name)
         self.params = [f.name for f in plan.families if f.kind == "param"]
         self.consts = [f.name for f in plan.families if f.kind == "const"]
-        self.target = next(f.name for f in plan.families if f.kind == "target")
+        self.targets = [f.name for f in plan.families if f.kind == "target"]  # one per position of a sequence model
+        self.target = self.targets[0]
         self.dtype = next((f.type.np_dtype for f in plan.families if f.type.dtype != "i32"), np.dtype(np.float32))
 
     def _layers(self) -> list[list[str]]:
@@ -200,3 +201,14 @@ def gather(xp, edges, n, read):
         return read(edges[0])
     parts = [read(e) for e in edges]
     return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+
+
+def target_labels(family, labels):
+    """A target family's rows of the batch's one-hot labels: all of them, or, for a
+    sequence model's per-step target (attribute ``rows`` = [first, count]), its positions
+    of ``[batch, T, classes]``."""
+    rows = family.attr("rows")
+    if rows is None:
+        return labels
+    first, count = rows
+    return labels[:, first : first + count]

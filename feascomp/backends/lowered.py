@@ -23,6 +23,7 @@ class Lowered:
     num_classes: int
     batch_size: int
     tokens: bool  # the input holds token ids (an embedding model)
+    positions: tuple = ()  # a sequence model's positions (its logits are [*positions, classes])
 
     steps = property(lambda self: self.resolved.steps)
     monitor = property(lambda self: self.options.monitor)
@@ -42,4 +43,4 @@ class Lowered:
     def example_batch(self):
         """Zeros shaped like one batch (inputs, one-hot labels), for ahead-of-time compiles."""
         return (np.zeros((self.batch_size,) + tuple(self.input_shape), self.input_dtype),
-                np.zeros((self.batch_size, self.num_classes), self.np_dtype))
+                np.zeros((self.batch_size,) + tuple(self.positions) + (self.num_classes,), self.np_dtype))

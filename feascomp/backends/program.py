@@ -25,7 +25,7 @@ import math
 
 import jax
 
-from .analysis import FamilyInfo, PlanAnalysis, gather
+from .analysis import FamilyInfo, PlanAnalysis, gather, target_labels
 from .storage import Storage
 
 
@@ -255,7 +255,7 @@ class Program:
             elif f.kind == "target":
                 (_, n, es), = info.in_ports
                 logits = gather(xp, es, n, lambda e: self.read(xp, e, z, data))
-                self.put(xp, es, n, info.prim.prox(logits, data["__labels__"]), new)
+                self.put(xp, es, n, info.prim.prox(logits, target_labels(f, data["__labels__"])), new)
             elif not info.out:
                 continue  # output unconstrained: the inputs are already feasible
             elif self.storage[name].project is not None:

@@ -119,7 +119,8 @@ class ScalarGraph:
     def _virtual_concat(self, op) -> bool:
         uses = [u for u in self.tensor.ops if op.result in u.operands]
         return all(u.opname == "matmul" and u.operands[0] == op.result and u.operands[1] != op.result
-                   and op.attr("axis") == op.type.rank - 1 for u in uses)
+                   and op.attr("axis") == op.type.rank - 1 for u in uses) or \
+            (op.type.rank == 2 and op.attr("axis") == 0 and all(u.opname in ("output", "loss") for u in uses))
 
     @staticmethod
     def _bcast(idx: tuple, shape: tuple) -> tuple:
@@ -150,10 +151,12 @@ class ScalarGraph:
             opts = {k: val for k, val in op.attrs if k != "kind"}
             opts.update(self.loss_options)
             prim = get(op.attr("kind"), **opts)
+            *positions, classes = self.types[v].shape  # [C], or [T, C]: a target node per position
             for b in samples:
-                t = self._node("target", ("__target__", b, ()), prim)
-                for c in range(self.types[v].shape[0]):
-                    self._edge(self._producer(v, b, (c,)), t, "logits", True)
+                for pos in itertools.product(*map(range, positions)):
+                    t = self._node("target", ("__target__", b, pos), prim)
+                    for c in range(classes):
+                        self._edge(self._producer(v, b, pos + (c,)), t, "logits", True)
             return
         if kind in ("reshape", "transpose", "slice", "broadcast", "embed") or (kind == "concat" and self._virtual_concat(op)):
             self.views[op.result] = op
@@ -363,7 +366,7 @@ class ScalarGraph:
                     new[n.out] = z[n.out].mean()
             elif n.kind == "target":
                 es = n.ports["logits"]
-                new[es] = n.prim.prox(z[es][None], onehot[b][None])[0]
+                new[es] = n.prim.prox(z[es][None], onehot[(b,) + idx][None])[0]
             elif n.out:
                 ybar = np.array([z[n.out].mean()])
                 w = float(len(n.out)) if self.weighted else 1.0

@@ -145,6 +145,21 @@ def _literal(tok):
     return float(tok) if any(c in tok for c in ".eE") else int(tok)
 
 
+class Zero:
+    """A value that is zero: a carry that starts at zero, at the steps where it still is."""
+
+    def __init__(self, type: TensorType, carry: str):
+        self.type, self.carry = type, carry
+
+
+class Partial:
+    """A concat along the last axis some of whose pieces are Zero: only a matmul reads it
+    (on its other pieces and their rows of the matrix)."""
+
+    def __init__(self, pieces: tuple, type: TensorType, carry: str):
+        self.pieces, self.type, self.carry = pieces, type, carry
+
+
 class _Lower:
     def __init__(self, text: str, file: str):
         self.text, self.file = text, file
@@ -152,6 +167,12 @@ class _Lower:
         self.types: dict[str, TensorType] = {}
         self.decl: dict[str, Loc] = {}
         self.tmp = 0
+        # recurrence (for blocks): names bound to another value (a carry, a step's value, a
+        # value folded away: Zero, Partial); the loop being unrolled; names that live only
+        # inside a for block (name -> the block's location)
+        self.alias: dict[str, object] = {}
+        self.loop: dict | None = None
+        self.scoped: dict[str, Loc] = {}
         self.name = os.path.splitext(os.path.basename(file))[0] or "model"
         self.name = "".join(c if c.isalnum() or c == "_" else "_" for c in self.name)
 
@@ -179,7 +200,8 @@ class _Lower:
 
     def _define(self, name_tok, ty: TensorType, op: Op):
         name = str(name_tok)
-        if name in self.types:
+        final_carry = self.loop is not None and name in self.loop["carries"]  # its last step's value
+        if name in self.types or (name in self.alias and not final_carry):
             prev = self.decl[name]
             raise self.err(f"{name!r} is already defined (at line {prev.line})", name_tok)
         self.types[name] = ty
@@ -213,15 +235,223 @@ class _Lower:
 
     def assign(self, st):
         name, expr = st.children
-        self.expr(expr, result=name)
+        if self.loop is not None:
+            return self._step_assign(st)
+        self._check_free(name)
+        value = self.expr(expr, result=name)
+        if value != str(name):  # folded to another value (a zero carry's terms dropped)
+            self.alias[str(name)] = value
+            self.decl[str(name)] = self.loc(name)
+
+    def _check_free(self, name_tok):
+        name = str(name_tok)
+        if name in self.alias or name in self.types:
+            raise self.err(f"{name!r} is already defined (at line {self.decl[name].line})", name_tok)
+
+    # recurrence -----------------------------------------------------------------------------
+    def for_block(self, st):
+        """``for t in range(T) carry h : f32[H], acc = a0:`` ... ``end``: the body is lowered
+        once per step (its names are the step's own: ``u`` of step 3 is ``u_t3``), carries
+        pass from step to step (a typed carry without a value starts at zero, and the terms
+        of a zero are dropped at the steps where it is zero), ``y[t] = v`` collects v along a
+        new first axis. After the block the carries hold their last values and the
+        collected names their stacks; the body's other names are gone."""
+        var, rng, count, *rest = st.children
+        carries = [c for c in rest if isinstance(c, lark.Tree) and c.data == "carry"]
+        body = [c for c in rest if isinstance(c, lark.Tree) and c.data != "carry"]
+        if self.loop is not None:
+            raise self.err("for blocks do not nest; unroll the inner loop by hand or make it a carry", st)
+        if str(rng) != "range":
+            raise self.err(f"a for block runs over range(T), not {str(rng)}(...)", rng)
+        if not isinstance(count, lark.Token) or count.type != "SIGNED_NUMBER" or not count.lstrip("+").isdigit() \
+                or int(count) < 1:
+            raise self.err("the number of steps T in range(T) must be a positive integer constant", count)
+        steps = int(count)
+        if str(var) in self.types or str(var) in self.alias:
+            raise self.err(f"the loop variable {str(var)!r} is already defined (at line {self.decl[str(var)].line})", var)
+        state: dict[str, object] = {}
+        declared: dict[str, TensorType] = {}
+        for c in carries:
+            name, ty, init = c.children
+            if str(name) in declared:
+                raise self.err(f"carry {str(name)!r} is declared twice", name)
+            self._check_free(name)
+            t = self._type(ty) if ty is not None else None
+            if init is None:
+                if t is None:
+                    raise self.err(f"carry {str(name)!r} needs a type (it then starts at zero: carry {name} : f32[16]) "
+                                   f"or an initial value (carry {name} = h0)", name)
+                state[str(name)] = Zero(t, str(name))
+            else:
+                value = self._lookup(init)
+                vt = self._vtype(value)
+                if t is not None and t != vt:
+                    raise self.err(f"carry {str(name)!r} is declared {t} but starts as {str(init)!r} : {vt}", ty)
+                state[str(name)] = value
+            declared[str(name)] = self._vtype(state[str(name)])
+            self.decl[str(name)] = self.loc(name)
+        for b in body:
+            if b.data not in ("assign", "collect"):
+                raise self.err("a for block holds assignments (name = expr) and collections (name[t] = expr) only", b)
+        assigned = {str(b.children[0]) for b in body if b.data == "assign"}
+        collected: dict[str, list] = {}
+        outer = dict(self.alias)
+        for t in range(steps):
+            self.loop = {"var": str(var), "t": t, "steps": steps, "carries": declared, "assigned": assigned,
+                         "collected": collected}
+            self.alias = {**outer, **state}
+            local: set[str] = set()
+            for b in body:
+                if b.data == "assign":
+                    name = str(b.children[0])
+                    if name in local:
+                        raise self.err(f"{name!r} is assigned twice in one step of the for block", b.children[0])
+                    local.add(name)
+                    self._step_assign(b)
+                else:
+                    self.collect(b)
+            state = {c: self.alias[c] for c in declared}
+            self.loop = None
+        self.alias = {**outer, **state}
+        for name in assigned - set(declared):
+            self.scoped[name] = self.loc(st)
+        for name, values in collected.items():
+            rows = [self._emit("reshape", [v], st, attrs=(("shape", [1, *self._vtype(v).shape]),)) for v in values]
+            where = self.decl.pop(name)
+            self._emit("concat", rows, st, result=lark.Token("NAME", name, line=where.line, column=where.col),
+                       attrs=(("axis", 0),))
+
+    def _step_assign(self, st):
+        name_tok, expr = st.children
+        name, loop = str(name_tok), self.loop
+        if name == loop["var"]:
+            raise self.err(f"the loop variable {name!r} cannot be assigned", name_tok)
+        if name not in loop["carries"] and (name in self.types or name in self.decl):
+            raise self.err(f"{name!r} is already defined (at line {self.decl[name].line}); the names a for block "
+                           "assigns are its own (or its carries)", name_tok)
+        if isinstance(expr, lark.Token) or expr.data == "ref":
+            value = self._lookup(expr if isinstance(expr, lark.Token) else expr.children[0])
+        else:
+            last = name in loop["carries"] and loop["t"] == loop["steps"] - 1  # a carry's last value: its name
+            hint = lark.Token("NAME", name if last else f"{name}_t{loop['t']}", line=name_tok.line, column=name_tok.column)
+            value = self.expr(expr, result=hint)
+        if name in loop["carries"]:
+            want, got = loop["carries"][name], self._vtype(value)
+            if want != got:
+                raise self.err(f"the carry {name!r} changes type: it is {want}, step {loop['t']} makes it {got}", name_tok)
+        self.alias[name] = value
+
+    def collect(self, st):
+        name_tok, idx, expr = st.children
+        name, loop = str(name_tok), self.loop
+        if loop is None:
+            raise self.err(f"{name}[{idx}] = ... collects a value per step: it belongs in a for block", st)
+        if str(idx) != loop["var"]:
+            raise self.err(f"a collection is indexed by the loop variable: {name}[{loop['var']}]", idx)
+        if name in loop["carries"] or name in loop["assigned"] or \
+                (name not in loop["collected"] and (name in self.types or name in self.alias or name in self.decl)):
+            where = self.decl.get(name)
+            raise self.err(f"{name!r} is already defined" + (f" (at line {where.line})" if where else "")
+                           + "; a collected name must be new", name_tok)
+        value = self.expr(expr)
+        if isinstance(value, (Zero, Partial)):
+            raise self.err(f"step {loop['t']} collects a value that is zero there (the carry {value.carry!r} starts at "
+                           "zero); give the carry an initial value (carry h = h0)", expr)
+        values = loop["collected"].setdefault(name, [])
+        if values and self._vtype(values[0]) != self._vtype(value):
+            raise self.err(f"{name}[{idx}] changes type: step 0 collects {self._vtype(values[0])}, step "
+                           f"{loop['t']} {self._vtype(value)}", expr)
+        values.append(value)
+        self.decl.setdefault(name, self.loc(name_tok))
+
+    def _vtype(self, value) -> TensorType:
+        return value.type if isinstance(value, (Zero, Partial)) else self.types[value]
+
+    def _lookup(self, tok):
+        """The value a name stands for here: an alias (a carry, a step's value, a folded
+        value), or the name itself."""
+        name = str(tok)
+        if name in self.alias:
+            return self.alias[name]
+        if name in self.types:
+            return name
+        loop = self.loop
+        if loop is not None and name == loop["var"]:
+            raise self.err(f"the loop variable {name!r} is a step index: use it to index a value (x[{name}])", tok)
+        if loop is not None and name in loop["assigned"]:
+            raise self.err(f"{name!r} is used before it is assigned in this step (each step has its own {name}); "
+                           f"to read the previous step's, make it a carry", tok)
+        if name in self.scoped:
+            raise self.err(f"{name!r} exists only inside the for block at line {self.scoped[name].line} (each step has "
+                           f"its own); carry it, or collect it ({name}[t] = ...), to use it after the block", tok)
+        raise self.err(f"undefined name {name!r}", tok)
+
+    def _index(self, node):
+        """``x[t]`` (t the loop variable) or ``x[3]``: row t of x, its first axis dropped."""
+        base, idx = node.children
+        v = self.expr(base)
+        if isinstance(idx, lark.Token) and idx.type == "INT":
+            t = int(idx)
+        elif self.loop is not None and str(idx) == self.loop["var"]:
+            t = self.loop["t"]
+        else:
+            raise self.err(f"an index is an integer or the loop variable, not {str(idx)!r}", idx)
+        vt = self._vtype(v)
+        if vt.rank < 1 or not 0 <= t < vt.shape[0]:
+            raise self.err(f"index {t} is outside the first axis of {vt}", idx)
+        row = self._emit("slice", [v], node, attrs=(("axis", 0), ("start", t), ("stop", t + 1), ("step", 1)))
+        return self._emit("reshape", [row], node, attrs=(("shape", list(vt.shape[1:]) or [1]),))
+
+    # zeros: a carry that starts at zero, folded away ---------------------------------------
+    def _fold(self, opname, operands, node, result, attrs):
+        """``opname`` on operands some of which are zero (Zero) or concats holding zeros
+        (Partial): the value without its zero terms -- relu and views of a zero are zero, a
+        zero term of a sum is dropped, a zero times a matrix is zero, and a concat of a zero
+        read by a matmul keeps the matmul on its other pieces and their rows of the matrix."""
+        from ..ops import opdef
+
+        ts = [self._vtype(v) for v in operands]
+        t = opdef(opname).rule(Op(opname, None, (), tuple(attrs), None, None), ts)
+        if isinstance(t, str):
+            raise self.err(t, node)
+        zero = next(v for v in operands if isinstance(v, (Zero, Partial)))
+        if opname == "add":
+            rest = [v for v in operands if not isinstance(v, Zero)]
+            if not rest:
+                return Zero(t, zero.carry)
+            if len(rest) == 1 and not isinstance(rest[0], Partial) and self._vtype(rest[0]) == t:
+                return rest[0]
+        elif opname in ("relu", "reshape", "transpose", "slice") and isinstance(operands[0], Zero):
+            return Zero(t, zero.carry)
+        elif opname == "matmul" and any(isinstance(v, Zero) for v in operands):
+            return Zero(t, zero.carry)
+        elif opname == "matmul" and isinstance(operands[0], Partial) and isinstance(operands[1], str):
+            part = operands[0]
+            live = [(i, v) for i, v in enumerate(part.pieces) if not isinstance(v, Zero)]
+            if [i for i, _ in live] == list(range(live[0][0], live[-1][0] + 1)):
+                start = sum(self._vtype(v).shape[-1] for v in part.pieces[: live[0][0]])
+                pieces = [v for _, v in live]
+                width = sum(self._vtype(v).shape[-1] for v in pieces)
+                lhs = pieces[0] if len(pieces) == 1 else self._emit("concat", pieces, node, attrs=(("axis", ts[0].rank - 1),))
+                rows = operands[1]
+                if width != ts[1].shape[0]:
+                    rows = self._emit("slice", [rows], node, attrs=(("axis", 0), ("start", start), ("stop", start + width), ("step", 1)))
+                return self._emit("matmul", [lhs, rows], node, result)
+        elif opname == "concat" and not any(isinstance(v, Partial) for v in operands):
+            if all(isinstance(v, Zero) for v in operands):
+                return Zero(t, zero.carry)
+            if dict(attrs).get("axis") == t.rank - 1:
+                return Partial(tuple(operands), t, zero.carry)
+        raise self.err(f"{opname} of a value that is zero at step {self.loop['t'] if self.loop else '?'} (the carry "
+                       f"{zero.carry!r} starts at zero) is not folded: sums, relu, views, matmuls and a concat read by a "
+                       f"matmul are; give the carry an initial value (carry {zero.carry} = h0)", node)
 
     def output_stmt(self, st):
         name, expr = (list(st.children) + [None])[:2]  # `output name` or `output name = expr`
-        if expr is not None:
-            self.expr(expr, result=name)
-        elif str(name) not in self.types:
-            raise self.err(f"undefined name {str(name)!r}", name)
-        self.ops.append(Op("output", None, (str(name),), (), None, self.loc(st)))
+        value = self.expr(expr, result=name) if expr is not None else self._lookup(name)
+        if isinstance(value, (Zero, Partial)):
+            raise self.err(f"the output is zero (the carry {value.carry!r} starts at zero and is never assigned)", name)
+        self.ops.append(Op("output", None, (value,), (), None, self.loc(st)))
 
     def loss_stmt(self, st):
         kind, *args = st.children
@@ -268,6 +498,8 @@ class _Lower:
     def _emit(self, opname, operands, node, result=None, attrs=()) -> str:
         from ..ops import opdef
 
+        if any(isinstance(v, (Zero, Partial)) for v in operands):
+            return self._fold(opname, operands, node, result, attrs)
         ts = [self.types[v] for v in operands]
         op = Op(opname, None, tuple(operands), tuple(attrs), None, self.loc(node))
         t = opdef(opname).rule(op, ts)
@@ -285,12 +517,12 @@ class _Lower:
     def expr(self, node, result=None) -> str:
         if isinstance(node, lark.Token) or node.data == "ref":
             tok = node if isinstance(node, lark.Token) else node.children[0]
-            name = str(tok)
-            if name not in self.types:
-                raise self.err(f"undefined name {name!r}", tok)
+            value = self._lookup(tok)
             if result is not None:
-                raise self.err(f"`{result} = {name}` only renames a value; use {name!r} directly", node)
-            return name
+                raise self.err(f"`{result} = {tok}` only renames a value; use {str(tok)!r} directly", node)
+            return value
+        if node.data == "index":
+            return self._index(node)
         if node.data in ("add", "matmul"):
             a = self.expr(node.children[0])
             b = self.expr(node.children[1])
@@ -345,7 +577,7 @@ class _Lower:
             if v is ...:
                 raise self.err(f"{name} needs the keyword {k!r}", fn)
         operands = [self.expr(a) for a in positional]
-        ts = [self.types[v] for v in operands]
+        ts = [self._vtype(v) for v in operands]
 
         def bad(key, msg):
             return self.err(msg, where.get(key, fn))

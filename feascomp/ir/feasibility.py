@@ -55,7 +55,7 @@ class Family:
 
     def options(self) -> dict:
         """The primitive's options (a target's: its loss options)."""
-        return {k: v for k, v in self.attrs if k not in PLAN_ATTRS + NOTE_ATTRS and k not in ("kind", "init")}
+        return {k: v for k, v in self.attrs if k not in PLAN_ATTRS + NOTE_ATTRS and k not in ("kind", "init", "rows")}
 
     def port_length(self, port: str) -> int:
         return dict(self.ports)[port]
@@ -190,8 +190,12 @@ def verify(m: FeasModule) -> None:
             if pos != max(n, 1):
                 raise FeascompError(f"family %{f.name}: port {pn} is fed up to {pos} of {max(n, 1)}", where)
     targets = [f for f in m.families if f.kind == "target"]
-    if len(targets) != 1:
-        raise FeascompError(f"a feasibility module needs one target family, found {len(targets)}", where)
+    if not targets:
+        raise FeascompError("a feasibility module needs a target family, found none", where)
+    kinds = {f.attr("kind") for f in targets}
+    if len(kinds) != 1 or len({f.port_length("logits") for f in targets}) != 1:
+        raise FeascompError("the target families (one per position of a sequence model) must share one loss "
+                            "and one number of classes", where)
     kind = targets[0].attr("kind")
     if kind not in names("loss"):
         raise FeascompError(f"target uses unknown loss {kind!r}", where)

@@ -141,9 +141,10 @@ def verify(module: TensorModule) -> None:
         raise FeascompError(f"a model needs exactly one output, found {len(outs)}", outs[1].loc if outs else whole)
     if len(losses) != 1:
         raise FeascompError(f"a model needs exactly one loss, found {len(losses)}", losses[1].loc if losses else whole)
-    if defined[outs[0].operands[0]].rank != 1:
+    if defined[outs[0].operands[0]].rank not in (1, 2):
         raise FeascompError(
-            f"the output must be a vector of logits, got {defined[outs[0].operands[0]]}", outs[0].loc
+            f"the output must be a vector of logits, or a [positions, classes] matrix of them (one per "
+            f"position: a sequence model), got {defined[outs[0].operands[0]]}", outs[0].loc
         )
     if losses[0].operands[0] != outs[0].operands[0]:
         raise FeascompError("the loss must be applied to the output", losses[0].loc)

@@ -66,11 +66,15 @@ def _eval_concat(xp, op, *xs, lead=0):
 
 def _concat(s, op):
     """Virtual if every use is the left operand of a matmul along its contraction (the
-    readout over hidden layers: port slices, no family); otherwise a sum family."""
+    readout over hidden layers: port slices, no family), or the output and loss of a
+    sequence model stacking its steps' logits along axis 0 (a target family per step:
+    ops/io.py); otherwise a sum family."""
     uses = [u for u in s.m.ops if op.result in u.operands]
     last = op.type.rank - 1
+    ax = op.attr("axis")
     if all(u.opname == "matmul" and u.operands[0] == op.result and u.operands[1] != op.result
-           and op.attr("axis") == last for u in uses):
+           and ax == last for u in uses) or \
+            (op.type.rank == 2 and ax == 0 and all(u.opname in ("output", "loss") for u in uses)):
         s.virtual[op.result] = op
         s.defer(op.result, lambda: _materialize_concat(s, op))
     else:

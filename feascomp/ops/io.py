@@ -27,16 +27,29 @@ def _output(s, op):
 
 
 def _loss(s, op):
-    """The target family: the loss primitive on the logits, one node per sample."""
+    """The target family: the loss primitive on the logits, one node per sample.
+
+    Logits of a sequence model (``[T, C]``, one row per position) make one target family
+    per piece of the rows: a stack of per-step rows (a concat along axis 0, which stays
+    virtual: docs/language.md's ``for`` block collects one) gives a family per step, of
+    shape ``[batch, rows]``, reading its rows of the labels (attribute ``rows`` = [first,
+    count]); any other ``[T, C]`` value gives one family ``[batch, T]``."""
+    from .dense import concat_parts
+
     (v,) = op.operands
-    c = s.types[v].shape[0]
-    name = "target"
-    while name in s.fams:
-        name += "_"
-    tgt = Family(name, "target", TensorType(s.types[v].dtype, (s.B,)), (("logits", c),), op.attrs, op.loc)
-    s.fams[name] = tgt
-    s.batched[name] = True
-    s.connect(v, tgt, "logits", 0, c, [1], op)
+    tv = s.types[v]
+    c = tv.shape[-1]
+    pieces = [(v, 0, 1)] if tv.rank == 1 else concat_parts(s, v, 0)
+    for part, first, rows in pieces:
+        name = "target" if tv.rank == 1 else f"target_{first}"
+        while name in s.fams:
+            name += "_"
+        lead = () if tv.rank == 1 else (rows,)
+        attrs = op.attrs + ((("rows", [first, rows]),) if tv.rank == 2 else ())
+        tgt = Family(name, "target", TensorType(tv.dtype, (s.B,) + lead), (("logits", c),), attrs, op.loc)
+        s.fams[name] = tgt
+        s.batched[name] = True
+        s.connect(part, tgt, "logits", 0, c, list(range(1, tv.rank + 1)), op)
 
 
 DEFS = [

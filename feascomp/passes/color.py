@@ -3,7 +3,8 @@
 Families are adjacent when an edge family joins them. Since every scalar edge runs between
 two families, a proper colouring of the (small) family graph colours the scalar graph.
 Colour 0 holds the target and is projected first. Each family also gets a ``layer``: its
-BFS distance from the target, CP's ordered classes (in a bipartite graph each layer lies
+BFS distance from the target (the nearest one, in a sequence model with a target per
+position), CP's ordered classes (in a bipartite graph each layer lies
 within one colour class). A graph that is not bipartite is an error naming an odd cycle
 (``insert-identities`` makes graphs bipartite).
 
@@ -63,10 +64,11 @@ class ColorPass:
 
     def run(self, m: FeasModule) -> FeasModule:
         g = family_graph(m)
-        target = next(f.name for f in m.families if f.kind == "target")
+        targets = [f.name for f in m.families if f.kind == "target"]  # several: one per position
+        target = targets[0]
         colour: dict[str, int] = {}
         layer: dict[str, int] = {}
-        reach = nx.single_source_shortest_path_length(g, target)
+        reach = {n: int(d) for n, d in nx.multi_source_dijkstra_path_length(g, set(targets)).items()}
         if not nx.is_bipartite(g):
             if not self.general:
                 cycle = " - ".join(f"%{n}" for n in odd_cycle(g))
