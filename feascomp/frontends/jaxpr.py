@@ -30,7 +30,7 @@ CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_v
 STRUCTURAL = {"reshape", "squeeze", "expand_dims", "broadcast_in_dim", "transpose", "slice", "dynamic_slice",
               "concatenate", "reduce_max", "conv_general_dilated", "reduce_window_max"}
 SUPPORTED = sorted({"dot_general", "add", "add_any", "sub", "mul", "div", "max", "neg", "convert_element_type", "copy",
-                    "copy_p", "gather"} | CALLS | STRUCTURAL)
+                    "copy_p", "gather", "scan"} | CALLS | STRUCTURAL)
 DTYPE_NAMES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.int32): "i32",
                np.dtype(np.int64): "i32"}
 INDEX_PRIMS = {"lt", "add", "select_n", "broadcast_in_dim", "reshape", "expand_dims", "squeeze", "convert_element_type",
@@ -88,7 +88,8 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
 
     ``in_axes``: ``None`` -- example_input is one sample; ``0`` -- it is a batch (leading
     axis); ``"auto"`` (default) -- call fn on it: a 1-D output means one sample, a 2-D output
-    whose leading axis equals the input's means a batch; if fn cannot take it at all but
+    whose leading axis equals the input's means a batch (if fn also takes one row of it: else
+    a sequence model's per-position logits of one sample); if fn cannot take it at all but
     takes its first row, it is a batch for a per-sample fn.
     """
     import jax
@@ -105,7 +106,15 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
         out_shape = getattr(out, "shape", None) if out is not None else ()
         if out_shape is None:
             raise FeascompError("the model function must return one array of logits")
-        in_axes = 0 if out is None or (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]) else None
+        def takes_a_row():  # a batch-written model takes one of its samples too; a sequence model's
+            try:              # [T, classes] logits per [T] sample do not come from a row of it
+                jax.eval_shape(fn, params, jax.ShapeDtypeStruct(x.shape[1:], x.dtype))
+                return True
+            except Exception:  # noqa: BLE001 - any failure of the call on a row
+                return False
+
+        in_axes = 0 if out is None or (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]
+                                       and takes_a_row()) else None
     if in_axes == 0:
         x = x[0]
     elif in_axes is not None:
@@ -164,6 +173,14 @@ class _Const:
         if self.value.size != 1:
             return None
         return float(self.value.reshape(()))
+
+
+class _Partial:
+    """A concatenate some of whose pieces are zero constants (a carry that starts as
+    zeros): only ``x @ W`` reads it. ``pieces``: (value, aval) per operand."""
+
+    def __init__(self, pieces, aval):
+        self.pieces, self.aval = pieces, aval
 
 
 class _Index:
@@ -270,6 +287,94 @@ class _Builder:
             v = self.emit("transpose", [v], aval, eqn, (("perm", back),))
         return v
 
+    def scan(self, eqn, ins, env):
+        """``lax.scan`` unrolled: the body inlined once per step, its carries passed on, each
+        scanned input's row t read as ``slice`` + ``reshape`` (as the .fc language's
+        ``x[t]``), each per-step output stacked along a new first axis (a concat of the
+        steps' rows). A carry that starts as zeros (``jnp.zeros``) is folded away at the steps
+        where it is still zero, as the .fc language's ``carry h : f32[H]`` is."""
+        p = eqn.params
+        if p.get("reverse"):
+            self.refuse(eqn, "lax.scan with reverse=True is not supported")
+        closed = p["jaxpr"]
+        inner = getattr(closed, "jaxpr", closed)
+        nc, nk, steps = int(p["num_consts"]), int(p["num_carry"]), int(p["length"])
+        consts, carry, xs = ins[:nc], list(ins[nc : nc + nk]), ins[nc + nk :]
+        if any(isinstance(x, _Index) for x in xs):
+            self.refuse(eqn, "lax.scan over token ids is not supported; scan over their embedding rows (E[ids])")
+        ys = []
+        for t in range(steps):
+            rows = [self.row(x, t, v.aval, eqn) for x, v in zip(xs, eqn.invars[nc + nk :])]
+            sub = {cv: _Const(np.asarray(c)) for cv, c in zip(inner.constvars, getattr(closed, "consts", []))}
+            sub.update(zip(inner.invars, list(consts) + carry + rows))
+            self.inline(inner, sub)
+            outs = [self.read(sub, o, eqn) for o in inner.outvars]
+            carry = outs[:nk]
+            ys.append(outs[nk:])
+        for o, c in zip(eqn.outvars[:nk], carry):
+            env[o] = c
+        for k, o in enumerate(eqn.outvars[nk:]):
+            steps_k = [y[k] for y in ys]
+            if all(isinstance(y, _Const) for y in steps_k):
+                env[o] = _Const(np.stack([y.value for y in steps_k]))
+                continue
+            if any(not isinstance(y, str) for y in steps_k):
+                self.refuse(eqn, "a lax.scan output that is constant at some steps (a zero carry read out before it "
+                            "is assigned) is not supported")
+            row = o.aval.update(shape=(1,) + tuple(o.aval.shape[1:]))
+            pieces = [self.emit("reshape", [y], row, eqn, (("shape", list(row.shape)),)) for y in steps_k]
+            env[o] = self.emit("concat", pieces, o.aval, eqn, (("axis", 0),))
+
+    def row(self, x, t, aval, eqn):
+        """Row t of a scanned input (its first axis dropped)."""
+        if isinstance(x, _Const):
+            return _Const(x.value[t])
+        one = aval.update(shape=(1,) + tuple(aval.shape[1:]))
+        v = self.emit("slice", [x], one, eqn, (("axis", 0), ("start", t), ("stop", t + 1), ("step", 1)))
+        rest = tuple(aval.shape[1:]) or (1,)
+        return self.emit("reshape", [v], aval.update(shape=rest), eqn, (("shape", list(rest)),))
+
+    def fold_zeros(self, eqn, prim, ins, aval):
+        """An equation on a zero constant (a carry that starts as zeros) that folds away:
+        a zero term of a sum is dropped, a zero times a matrix is zero, and a concat holding
+        zeros stays a :class:`_Partial` until a matmul reads it (on its other pieces and
+        their rows of the matrix). None: nothing to fold."""
+        zero = [isinstance(a, _Const) and a.value.ndim > 0 and not a.value.any() for a in ins]
+        if prim == "concatenate" and any(isinstance(a, _Partial) for a in ins):
+            self.refuse(eqn, "a concatenate of a concatenate holding a zero carry is not supported")
+        if prim == "concatenate" and any(zero):
+            if any(isinstance(a, _Const) and not z for a, z in zip(ins, zero)):
+                return None
+            if int(eqn.params["dimension"]) != len(aval.shape) - 1:
+                self.refuse(eqn, "a concatenate of a zero carry is supported along the last axis (read by x @ W)")
+            return _Partial([(a, v.aval) for a, v in zip(ins, eqn.invars)], aval)
+        if prim == "dot_general" and isinstance(ins[0], _Partial) and isinstance(ins[1], str):
+            part = ins[0]
+            live = [i for i, (a, _) in enumerate(part.pieces) if not isinstance(a, _Const)]
+            if live != list(range(live[0], live[-1] + 1)):
+                self.refuse(eqn, "a concatenate whose zero pieces (a zero carry) split its other pieces is not supported")
+            start = sum(av.shape[-1] for _, av in part.pieces[: live[0]])
+            pieces = [part.pieces[i] for i in live]
+            width = sum(av.shape[-1] for _, av in pieces)
+            lhs = pieces[0][0]
+            if len(pieces) > 1:
+                lhs = self.emit("concat", [a for a, _ in pieces], aval.update(shape=part.aval.shape[:-1] + (width,)), eqn,
+                                (("axis", len(part.aval.shape) - 1),))
+            w, wav = ins[1], eqn.invars[1].aval
+            if width != wav.shape[0]:
+                w = self.emit("slice", [w], wav.update(shape=(width,) + tuple(wav.shape[1:])), eqn,
+                              (("axis", 0), ("start", start), ("stop", start + width), ("step", 1)))
+            return self.emit("matmul", [lhs, w], aval, eqn)
+        if any(isinstance(a, _Partial) for a in ins):
+            self.refuse(eqn, f"{prim} of a concatenate holding a zero carry is not supported (only x @ W reads one)")
+        if prim == "dot_general" and any(zero):
+            return _Const(np.zeros(aval.shape, aval.dtype))
+        if prim in ("add", "add_any") and any(zero):
+            other = ins[1] if zero[0] else ins[0]
+            if isinstance(other, str) and tuple(eqn.invars[1 if zero[0] else 0].aval.shape) == tuple(aval.shape):
+                return other
+        return None
+
     def refuse(self, eqn, why=None):
         what = why or f"JAX primitive {eqn.primitive.name!r} is not supported"
         raise FeascompError(what, _loc(eqn), note=f"supported: {', '.join(SUPPORTED)}")
@@ -293,6 +398,9 @@ class _Builder:
                 self.inline(inner, sub_env)
                 for o, io in zip(outs, inner.outvars):
                     env[o] = self.read(sub_env, io, eqn)
+                continue
+            if prim == "scan":
+                self.scan(eqn, ins, env)
                 continue
             if len(outs) != 1:
                 self.refuse(eqn)
@@ -342,8 +450,15 @@ class _Builder:
         if any(isinstance(a, _Index) for a in ins):
             return self.index(eqn, prim, ins, aval)
         consts = [isinstance(a, _Const) for a in ins]
-        if all(consts) and ins:
-            self.refuse(eqn, f"{prim} of constants only is not supported (fold it outside the model)")
+        if all(consts) and ins:  # folded here (jnp.zeros, a zero carry through relu or a slice)
+            try:
+                return _Const(np.asarray(eqn.primitive.bind(*(a.value for a in ins), **eqn.params)))
+            except Exception:  # noqa: BLE001 - a primitive that cannot run on constants here
+                self.refuse(eqn, f"{prim} of constants only is not supported (fold it outside the model)")
+        if any(consts) or any(isinstance(a, _Partial) for a in ins):
+            folded = self.fold_zeros(eqn, prim, ins, aval)
+            if folded is not None:
+                return folded
         if prim in ("convert_element_type", "copy", "copy_p"):
             return ins[0]
         if prim == "dot_general":
