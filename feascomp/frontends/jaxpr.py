@@ -88,8 +88,10 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
 
     ``in_axes``: ``None`` -- example_input is one sample; ``0`` -- it is a batch (leading
     axis); ``"auto"`` (default) -- call fn on it: a 1-D output means one sample, a 2-D output
-    whose leading axis equals the input's means a batch (if fn also takes one row of it: else
-    a sequence model's per-position logits of one sample); if fn cannot take it at all but
+    whose leading axis equals the input's means a batch (for a 1-D input, only if fn also
+    takes one element of it: else it is a sequence model's [T, classes] logits of one
+    sample of T token ids; a sequence of feature rows needs in_axes=None); if fn cannot take
+    it at all but
     takes its first row, it is a batch for a per-sample fn.
     """
     import jax
@@ -114,7 +116,7 @@ def trace(fn, params, example_input, *, loss: str = "cross_entropy", loss_option
                 return False
 
         in_axes = 0 if out is None or (len(out_shape) == 2 and x.ndim >= 1 and out_shape[0] == x.shape[0]
-                                       and takes_a_row()) else None
+                                       and (x.ndim > 1 or takes_a_row())) else None
     if in_axes == 0:
         x = x[0]
     elif in_axes is not None:
