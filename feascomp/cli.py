@@ -160,6 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     _data_options(e)
     e.add_argument("--json", action="store_true")
 
+    sm = sub.add_parser("sample", help="generate text from a character model's saved parameters")
+    sm.add_argument("model")
+    sm.add_argument("--params", required=True, metavar="PATH", help="parameters saved by train --save on the text dataset")
+    sm.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    sm.add_argument("--length", type=_positive, default=200, metavar="N", help="characters to generate (default 200)")
+    sm.add_argument("--temperature", type=_number(lambda v: v > 0, "must be positive"), default=1.0, metavar="T",
+                    help="divide the logits by T before sampling (default 1)")
+    sm.add_argument("--greedy", action="store_true", help="take the most likely character at each step")
+    sm.add_argument("--seed", type=_nonnegative, default=0)
+
     b = sub.add_parser("bench", help="run a grid of training runs from a TOML/JSON spec; write the paper's tables and figures")
     b.add_argument("spec", help="a .toml or .json bench spec (see docs/experiments.md)")
     b.add_argument("--out", metavar="DIR", help="where runs.jsonl, table.md/.csv, results.json and the PNGs go "
@@ -210,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Interrupted
 
     try:
-        commands = {"train": _train, "bench": _bench, "eval": _eval, "dump": _dump, "backends": _backends, "plot": _plot,
+        commands = {"train": _train, "bench": _bench, "eval": _eval, "sample": _sample, "dump": _dump, "backends": _backends, "plot": _plot,
                     "opt": _opt, "passes": _passes}
         return commands[args.command](args)
     except FeascompError as e:
@@ -491,6 +501,41 @@ def _eval(args) -> int:
     else:
         print(f"test accuracy on {ds.name}: {acc:.4f} ({int(np.round(acc * len(ds.y_test)))}/{len(ds.y_test)})")
     return 0
+
+
+def _sample(args) -> int:
+    from .errors import Loc
+    from .sample import load_vocabulary, sample
+    from .solver import compile
+    from .train import load_params
+
+    if _is_python_model(args.model):
+        raise FeascompError("sample takes a .fc model file", Loc(args.model.rpartition(":")[0]))
+    solver = compile(args.model, batch_size=1)
+    if len(solver.input_shape) != 1 or not solver.tokens or len(solver.positions) != 1:
+        raise FeascompError("sample needs a character model: token ids in (input x : i32[T]) and logits at every "
+                            f"position out ([T, classes]); this model takes {list(solver.input_shape)} and gives "
+                            f"{[*solver.positions, solver.num_classes]}", model_loc_of(solver))
+    params = load_params(args.params)
+    vocabulary = load_vocabulary(args.params)
+    try:
+        state = solver.init(params)
+    except FeascompError as e:
+        raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
+                            note=f"model: {args.model}") from None
+    if len(vocabulary) != solver.num_classes:
+        raise FeascompError(f"the saved vocabulary has {len(vocabulary)} characters; the model predicts "
+                            f"{solver.num_classes}", Loc(args.params))
+    text = sample(solver, state.params, vocabulary, args.prompt, args.length, temperature=args.temperature,
+                  greedy=args.greedy, seed=args.seed)
+    sys.stdout.write(args.prompt + text + "\n")
+    return 0
+
+
+def model_loc_of(solver):
+    from .solver import model_loc
+
+    return model_loc(solver.tensor)
 
 
 def _plot(args) -> int:
