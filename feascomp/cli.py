@@ -370,7 +370,8 @@ def _train_one(args, solver, ds, seed, stop, multi) -> dict:
         print(json.dumps(report), flush=True)
     else:
         line = (f"{report['algorithm']} on {report['dataset']} (seed {seed}): test accuracy {report['test_accuracy']:.4f} "
-                f"(train {report['train_accuracy']:.4f}) after {report['updates']} updates x {solver.steps} steps")
+                f"(train {report['train_accuracy']:.4f}; the majority {'character' if ds.vocabulary else 'class'} "
+                f"{report['majority_accuracy']:.4f}) after {report['updates']} updates x {solver.steps} steps")
         if report["evaluated_on"] == "validation" and report.get("best_validation_accuracy") is not None:
             line += f"; best validation {report['best_validation_accuracy']:.4f} at update {report['best_update']}"
         if "seconds_to_target" in report:

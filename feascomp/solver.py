@@ -348,6 +348,8 @@ class Solver:
             )
         y = np.asarray(y)
         indices = (self.batch_size,) + self.positions
+        if y.ndim == len(indices) + 1 and y.shape[:-1] == indices and y.shape[-1] != self.num_classes:
+            raise FeascompError(f"one-hot labels have {y.shape[-1]} columns; the model has {self.num_classes} logits")
         if y.shape not in (indices, indices + (self.num_classes,)):
             what = f"{self.batch_size} class indices" if not self.positions else \
                 f"class indices of shape {list(indices)} (one per position)"

@@ -142,6 +142,9 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "train_accuracy": solver.accuracy(chosen, ds.x_train, ds.y_train),
         "test_accuracy": solver.accuracy(chosen, ds.x_test, ds.y_test),
         "final_test_accuracy": solver.accuracy(final, ds.x_test, ds.y_test),
+        # the test accuracy of always answering the training set's most frequent class (the
+        # majority character of a text): the floor a model must clear
+        "majority_accuracy": majority_accuracy(ds),
         **run.summary(),
         "final_residual": run.residual,
         "training_seconds": run.seconds,
@@ -155,6 +158,12 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
     if checkpoint:
         report["checkpoint"] = os.path.join(checkpoint, ckpt.FILE)
     return (chosen if solver.treedef is None else solver._tree(chosen)), report
+
+
+def majority_accuracy(ds) -> float:
+    """Test accuracy of predicting the training labels' most frequent class everywhere."""
+    y = np.asarray(ds.y_train).astype(np.int64).ravel()
+    return float(np.mean(np.asarray(ds.y_test) == np.bincount(y).argmax()))
 
 
 class _Run:

@@ -34,7 +34,7 @@ def run(tensor, batch, backend, algorithm, options, params, x, y, weighted):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm,options", ALGORITHMS, ids=[f"{a}{o}" for a, o in ALGORITHMS])
 def test_jax_matches_scalar_graph_oracle(algorithm, options):
-    @settings(max_examples=8, deadline=None)
+    @settings(max_examples=6, deadline=None)  # the suite's time budget
     @given(models)
     def check(case):
         widths, bias, readout, batch, seed, weighted = case

@@ -247,3 +247,11 @@ def test_bench_spec_errors_are_located(tmp_path, capsys, text, message, line):
     assert main(["bench", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and f"spec.toml:{line}:" in err, err
+
+
+@pytest.mark.parametrize("spec", sorted(f for f in os.listdir("docs/results") if f.endswith(".toml")))
+def test_committed_bench_specs_are_valid(spec, capsys):
+    """Every committed spec (Tables 2-4) parses, names real models, and lists its commands."""
+    assert main(["bench", os.path.join("docs/results", spec), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("feascomp train examples/") and os.path.exists(line.split()[2]) for line in lines)
