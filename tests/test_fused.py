@@ -154,6 +154,29 @@ def test_fused_step_gives_the_algorithms_iterates(case):
         np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("embed, algorithm, options", [(True, "dr", {"relaxation": 0.8}), (False, "dm", {})],
+                         ids=["embedding-dr-r0.8", "dense-dm"])
+def test_concat_fed_dense_layers_take_the_native_step(embed, algorithm, options):
+    """A recurrent cell's dense layer reads concat(e[t], h) @ W: each port has several
+    edges (an embedding's rows, h; W's row slices), some through view steps. The kernels
+    see each port joined and give the XLA step's iterates; every dot family is fused."""
+    from test_rnn import sequence_source
+
+    source = sequence_source(3, 2, 3, 4, embed)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, size=(4, 3)) if embed else rng.normal(size=(4, 3, 2))
+    y = rng.integers(0, 4, size=(4, 3))
+    fused, pf, inf = _update(source, True, 4, x, y, updates=2, algorithm=algorithm, steps=4, **options)
+    plain, pp, inp = _update(source, False, 4, x, y, updates=2, algorithm=algorithm, steps=4, **options)
+    dots = [f.name for f in fused.plan.families if f.kind == "dot"]
+    assert sorted(fused.program.strategies(FusedSums)) == sorted(dots) and not plain.program.strategies(FusedSums)
+    assert any(len(s.rows) == 2 for s in fused.program.strategies(FusedSums).values())
+    for k in pp:
+        np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    for a, b in zip(inf, inp):
+        np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
+
+
 def test_cold_start_updates_reuse_the_edge_buffers():
     """A cold-start update writes its forward-pass edges of the fused families into the
     previous update's buffers (donated) instead of new memory."""

@@ -8,10 +8,12 @@ Native steps are looked up by (algorithm type, lowering name) in :data:`NATIVE_S
 it does not apply. Each is checked against the algorithm's own formula
 (algorithms.py) by tests/test_fused.py, and against the oracle by the mutation tests.
 
-A fused family is a dot, float32 or float64, with nodes [N, m], each port one edge, port
-a's a copy of a [N, n] source along m and port b's of a [n, m] source along N (a dense
-layer's x @ W), every node with an outgoing edge, option ``kernel="auto"``; and only
-where the kernel builds on this machine (:func:`fusable`).
+A fused family is a dot, float32 or float64, with nodes [N, m], port a's edges copies of
+[N, n_i] values along m and port b's of [n_i, m] values along N (a dense layer's x @ W;
+each value may be a view of its producer -- an embedding's rows, a slice of W -- and a
+concat read along the contraction makes several edges per port, which the kernels see
+joined), every node with an outgoing edge, option ``kernel="auto"``; and only where the
+kernel builds on this machine (:func:`fusable`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 
 from ..algorithms import DifferenceMap, DouglasRachford
 from ..ir.feasibility import BroadcastMap, Edge, sum_axes
+from ..ir.maps import ChainMap
 from .storage import Storage
 
 SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
@@ -26,23 +29,30 @@ FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: res
 
 
 class FusedSums(Storage):
-    """A fused dot family's edges, stored as arrays; ``rows`` is its a-edge, ``cols`` its
-    b-edge. ``order``: the two classes in DR's terms (P0, P1; DM with beta = 1 swaps them);
-    ``first``: of the first of them (DR reflects through its own projection: two kernel
-    passes) rather than the second (one pass). A family of the second carries its
-    non-input edges' sums in the state (SUM keys), which its producers' means read instead
-    of the edges; the kernel's first pass returns them for a family of the first. The
-    edges are also the buffers a cold-start update writes its forward pass into
-    (``buffer_keys``: the solver state carries them, donated)."""
+    """A fused dot family's edges, stored as arrays; ``rows`` are its a-edges, ``cols`` its
+    b-edges, each port's edges in port order (one each for x @ W; several where the input
+    is a concat read along the contraction -- ``concat(e[t], h) @ W`` -- and then one slice
+    of W per piece). The kernels see each port as one array (the edges joined along the
+    port axis). ``order``: the two classes in DR's terms (P0, P1; DM with beta = 1 swaps
+    them); ``first``: of the first of them (DR reflects through its own projection: two
+    kernel passes) rather than the second (one pass). A family of the second carries its
+    non-input edges' sums in the state (SUM keys: each edge's copies summed, shaped like
+    the value its map broadcasts, i.e. after the map's view steps), which its producers'
+    means read instead of the edges; the kernel's first pass returns them for a family of
+    the first. With one plain edge per port the edges are also the buffers a cold-start
+    update writes its forward pass into (``buffer_keys``: the solver state carries them,
+    donated)."""
 
     kind = "edges, fused DR"
 
-    def __init__(self, analysis, info, rows: Edge, cols: Edge, order: tuple[int, int], first: bool, mesh=None):
+    def __init__(self, analysis, info, rows: list, cols: list, order: tuple[int, int], first: bool, mesh=None):
         super().__init__(analysis, info)
-        self.rows, self.cols, self.order, self.first = rows, cols, order, first
+        self.rows, self.cols, self.order, self.first = list(rows), list(cols), order, first
         self.mesh = mesh  # a device mesh: the kernels run on each device's rows (per_shard)
-        self.summed = [] if first else [e for e in (rows, cols) if not analysis.is_const(e.src)]
-        self.buffer_keys = (rows.key, cols.key)
+        self.summed = [] if first else [e for e in self.rows + self.cols if not analysis.is_const(e.src)]
+        plain = len(self.rows) == len(self.cols) == 1 and not any(_steps(e) for e in self.rows + self.cols)
+        self.buffer_keys = (self.rows[0].key, self.cols[0].key) if plain else ()
+        self.edge_keys = tuple(e.key for e in self.rows + self.cols)
 
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         """The edges (written into ``spare``'s buffers where given: the native ``fill``),
@@ -52,27 +62,29 @@ class FusedSums(Storage):
 
         for e in self.edges:
             if spare is not None and e.key in spare:
-                by_row = e is self.rows  # rows: [N, n] copied along m; cols: [n, m] along N
+                by_row = e is self.rows[0]  # rows: [N, n] copied along m; cols: [n, m] along N
                 src = vals[e.src] if by_row else xp.transpose(vals[e.src])
                 fill = per_shard(self.mesh, lambda d, s, b=by_row: kernels.fill(d, s, b), (True, by_row), True)
                 z[e.key] = fill(spare[e.key], src)
             else:
                 z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
         for e in self.summed:
-            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.src_axes)
-            z[SUM + e.key] = vals[e.src] * xp.asarray(count, vals[e.src].dtype)
+            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in _final(e).src_axes)
+            v = _stepped(xp, e, vals[e.src], data)
+            z[SUM + e.key] = v * xp.asarray(count, v.dtype)
 
     def state_keys(self) -> list[str]:
         return self.keys() + [SUM + e.key for e in self.summed]
 
     def batch_axis(self, key: str) -> int | None:
-        if key.startswith(SUM):  # shaped like the producer
-            return 0 if key[len(SUM):] == self.rows.key and self.rows.src in self.analysis.batched else None
+        if key.startswith(SUM):  # shaped like what the edge's broadcast copies
+            rows = {e.key for e in self.rows}
+            return 0 if key[len(SUM):] in rows and self.info.name in self.analysis.batched else None
         return super().batch_axis(key)
 
     def transpose(self, xp, e: Edge, z: dict, data: dict):
         if SUM + e.key in z:
-            return z[SUM + e.key]
+            return _unstepped(xp, e, z[SUM + e.key], self.analysis.info[e.src].family.type.shape, data)
         return super().transpose(xp, e, z, data)
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
@@ -91,6 +103,61 @@ class FusedSums(Storage):
             k = SUM + e.key
             if all(k in s for s in states):
                 out[k] = fn(*(s[k] for s in states))
+
+    # the ports as the kernels see them ---------------------------------------------------
+    def port(self, xp, z: dict, rows: bool):
+        """Port a's (``rows``) or b's edges in state z as one [N, m, k] array."""
+        es = self.rows if rows else self.cols
+        return z[es[0].key] if len(es) == 1 else xp.concatenate([z[e.key] for e in es], axis=-1)
+
+    def split(self, new: dict, rows: bool, value) -> None:
+        """A port's new [N, m, k] array back onto its edges."""
+        es = self.rows if rows else self.cols
+        for e in es:
+            new[e.key] = value if len(es) == 1 else value[..., e.start : e.stop]
+
+    def sources(self, xp, z: dict, rows: bool):
+        """What a port's edges copy, where each holds its producer's value (after the
+        producers' projection): port a's [N, k] (its copies along m), port b's [m, k] (its
+        copies along N)."""
+        es = self.rows if rows else self.cols
+        parts = [z[e.key][:, 0, :] if rows else z[e.key][0] for e in es]
+        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+
+    def put_sums(self, out: dict, sa, sb, where: dict | None = None) -> None:
+        """The kernel's sums of a port's edges -- sa [N, k] over m, sb [k, m] over N -- as
+        each edge's SUM key (its slice of the port); only the keys ``where`` has, if given."""
+        for es, total, cut in ((self.rows, sa, lambda v, e: v[:, e.start : e.stop]),
+                               (self.cols, sb, lambda v, e: v[e.start : e.stop])):
+            for e in es:
+                k = SUM + e.key
+                if where is None or k in where:
+                    out[k] = total if len(es) == 1 else cut(total, e)
+
+
+def _final(e: Edge) -> BroadcastMap:
+    return e.map.final if isinstance(e.map, ChainMap) else e.map
+
+
+def _steps(e: Edge) -> tuple:
+    return e.map.steps if isinstance(e.map, ChainMap) else ()
+
+
+def _stepped(xp, e: Edge, value, data):
+    """The producer's value through the edge map's view steps: what its broadcast copies."""
+    for s in _steps(e):
+        value = s.apply(xp, value, data)
+    return value
+
+
+def _unstepped(xp, e: Edge, value, src_shape, data):
+    """The transpose of the map's view steps (from what the broadcast copies to the producer)."""
+    if not _steps(e):
+        return value
+    shapes = e.map.shapes(src_shape)
+    for s, shp in zip(reversed(e.map.steps), reversed(shapes[:-1])):
+        value = s.transpose(xp, value, shp, data)
+    return value
 
 
 def per_shard(mesh, fn, ins, outs):
@@ -120,13 +187,13 @@ def fusable(analysis, info, order, mesh=None) -> FusedSums | None:
         return None
     if f.type.dtype not in ("f32", "f64") or not info.out or info.has_unused:
         return None
-    edges = [es[0] if len(es) == 1 else None for _, _, es in info.in_ports]
-    if None in edges or any(n < 1 for _, n, _ in info.in_ports):
+    ports = info.in_ports
+    if [p for p, _, _ in ports] != ["a", "b"] or any(n < 1 or not es for _, n, es in ports):
         return None
-    kinds = [e.map.src_axes if isinstance(e.map, BroadcastMap) else None for e in edges]
-    if kinds != [(0, 2), (2, 1)]:
+    (_, _, rows), (_, _, cols) = ports
+    if any(_final(e).src_axes != (0, 2) for e in rows) or any(_final(e).src_axes != (2, 1) for e in cols):
         return None
-    return FusedSums(analysis, info, edges[0], edges[1], order, first=f.name in analysis.classes[order[0]], mesh=mesh)
+    return FusedSums(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh)
 
 
 def available() -> bool:
@@ -162,10 +229,9 @@ def dr_shadow(prog, xp, z: dict, data: dict) -> dict:
         ybar, w = prog.output_args(xp, f.info, z, data)
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS), reflect=False), (True,) * 4, (True,) * 4)
-        y, _, sa, sb = project(z[f.rows.key], z[f.cols.key], ybar, w)
+        y, _, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), ybar, w)
         prog.write_out(xp, f.info, y, p0, data)
-        p0[SUM + f.rows.key] = sa
-        p0[SUM + f.cols.key] = _group_sum(xp, sb)
+        f.put_sums(p0, sa, _group_sum(xp, sb))
     return p0
 
 
@@ -191,7 +257,7 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     before, after = (prog.classes[c] for c in fused[0].order)  # P0, P1 in DR's terms
     first = [f for f in fused if f.first]
     second = [f for f in fused if not f.first]
-    fused_edges = {k for f in fused for k in f.buffer_keys}
+    fused_edges = {k for f in fused for k in f.edge_keys}
     p0 = prog.project_families(xp, [n for n in before if n not in names], z, data)
     q = {}
     passes = {}
@@ -199,36 +265,34 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         ybar, w = prog.output_args(xp, f.info, z, data)
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 4)
-        y, coef, sa, sb = project(z[f.rows.key], z[f.cols.key], ybar, w)
+        y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), ybar, w)
         passes[f.info.name] = coef
         prog.write_out(xp, f.info, y, p0, data)
-        q[SUM + f.rows.key] = sa  # the reflected edges' sums, for their producers' P1
-        q[SUM + f.cols.key] = _group_sum(xp, sb)
+        f.put_sums(q, sa, _group_sum(xp, sb))  # the reflected edges' sums, for their producers' P1
     q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in fused_edges})
     p1 = prog.project_families(xp, [n for n in after if n not in names], q, data)
     new: dict = {}
     moved = 0.0  # a Python float: the sums below give it their dtype
     for f in second:
-        pa = p0[f.rows.key][:, 0, :]  # the [N, n] source of the edges copied along m
-        pb = p0[f.cols.key][0]  # the transposed [n, m] source: [m, n]
+        pa = f.sources(xp, p0, True)  # the [N, n] source of the edges copied along m
+        pb = f.sources(xp, p0, False)  # the transposed [n, m] source: [m, n]
         ybar, w = prog.output_args(xp, f.info, q, data)
         step = per_shard(f.mesh, lambda za, zb, pa, pb, c0, w: kernels.dot_dr_step(
             za, zb, pa, pb, c0, w, r, min(za.shape[0], FUSED_GROUPS)), (True, True, True, False, True, True), (True,) * 6)
-        za, zb, y, res, sa, sb = step(z[f.rows.key], z[f.cols.key], pa, pb, ybar, w)
-        new[f.rows.key], new[f.cols.key] = za, zb
-        if SUM + f.rows.key in z:
-            new[SUM + f.rows.key] = sa
-        if SUM + f.cols.key in z:
-            new[SUM + f.cols.key] = _group_sum(xp, sb)
+        za, zb, y, res, sa, sb = step(f.port(xp, z, True), f.port(xp, z, False), pa, pb, ybar, w)
+        f.split(new, True, za)
+        f.split(new, False, zb)
+        f.put_sums(new, sa, _group_sum(xp, sb), where=z)
         moved = moved + xp.sum(res)
         prog.write_out(xp, f.info, y, p1, data)
     for f in first:
-        va = p1[f.rows.key][:, 0, :]
-        vb = p1[f.cols.key][0]
+        va = f.sources(xp, p1, True)
+        vb = f.sources(xp, p1, False)
         update = per_shard(f.mesh, lambda za, zb, coef, va, vb: kernels.dot_dr_update(za, zb, coef, va, vb, r),
                            (True, True, True, True, False), (True,) * 3)
-        za, zb, res = update(z[f.rows.key], z[f.cols.key], passes[f.info.name], va, vb)
-        new[f.rows.key], new[f.cols.key] = za, zb
+        za, zb, res = update(f.port(xp, z, True), f.port(xp, z, False), passes[f.info.name], va, vb)
+        f.split(new, True, za)
+        f.split(new, False, zb)
         moved = moved + xp.sum(res)
     for k in q:
         if not k.startswith(SUM):
