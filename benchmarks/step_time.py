@@ -3,6 +3,7 @@ by side in one run; each configuration in its own subprocess so that peak memory
 
     python benchmarks/step_time.py                # table
     python benchmarks/step_time.py --json         # one JSON object per configuration
+    python benchmarks/step_time.py --models char-rnn --algorithms adam,dr,dr:xla,ap --batch 16 --steps 5
 
 A projection step is one iteration of the algorithm (as in the paper; an update runs K of
 them in one jitted scan). An Adam step is one jitted optax update called from Python,
@@ -24,8 +25,19 @@ import subprocess
 import sys
 import time
 
-MODELS = {"mlp1x128": "examples/mnist_mlp.fc", "mlp4x128+readout": "examples/mnist_mlp4_readout.fc"}
+MODELS = {"mlp1x128": "examples/mnist_mlp.fc", "mlp4x128+readout": "examples/mnist_mlp4_readout.fc",
+          "char-rnn": "examples/shakespeare_rnn.fc"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the data each model trains on (the character RNN: tiny Shakespeare, $FEASCOMP_TEXT or the shared copy)
+TEXT = os.environ.get("FEASCOMP_TEXT", os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))
+
+
+def load_data(model: str):
+    from feascomp import data
+
+    if model == "char-rnn":
+        return data.load("text", TEXT, seq_len=32)
+    return data.load("mnist5k")
 
 
 def rss_mb() -> float:
@@ -64,9 +76,8 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
     import numpy as np
 
     import feascomp
-    from feascomp import data
 
-    ds = data.load("mnist5k")
+    ds = load_data(model)
     base = rss_mb()
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(ds.x_train), batch, replace=False) for _ in range(updates + 1)]
