@@ -26,7 +26,7 @@ import sys
 import time
 
 MODELS = {"mlp1x128": "examples/mnist_mlp.fc", "mlp4x128+readout": "examples/mnist_mlp4_readout.fc",
-          "char-rnn": "examples/shakespeare_rnn.fc"}
+          "cnn1x32": "examples/mnist_cnn.fc", "char-rnn": "examples/shakespeare_rnn.fc"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the data each model trains on (the character RNN: tiny Shakespeare, $FEASCOMP_TEXT or the shared copy)
 TEXT = os.environ.get("FEASCOMP_TEXT", os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))

@@ -154,23 +154,44 @@ def test_fused_step_gives_the_algorithms_iterates(case):
         np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("embed, algorithm, options", [(True, "dr", {"relaxation": 0.8}), (False, "dm", {})],
-                         ids=["embedding-dr-r0.8", "dense-dm"])
-def test_concat_fed_dense_layers_take_the_native_step(embed, algorithm, options):
-    """A recurrent cell's dense layer reads concat(e[t], h) @ W: each port has several
-    edges (an embedding's rows, h; W's row slices), some through view steps. The kernels
-    see each port joined and give the XLA step's iterates; every dot family is fused."""
-    from test_rnn import sequence_source
+@pytest.mark.parametrize("case", ["rnn-dr", "cnn-dm"])
+def test_concat_fed_and_conv_layers_take_the_native_step(case):
+    """rnn: a recurrent cell's dense layer reads concat(e[t], h) @ W, so each port has
+    several edges (an embedding's rows, h; W's row slices), some through view steps, which
+    the kernels see joined (DR, r = 0.8). cnn: a conv family's nodes [N, Ho, Wo, Co] are
+    the kernels' N*Ho*Wo rows, its patches and reshaped kernel the two ports (DM, beta =
+    1). Both give the XLA step's iterates, with every dot family fused."""
+    if case == "rnn-dr":
+        from test_rnn import sequence_source
 
-    source = sequence_source(3, 2, 3, 4, embed)
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 5, size=(4, 3)) if embed else rng.normal(size=(4, 3, 2))
-    y = rng.integers(0, 4, size=(4, 3))
-    fused, pf, inf = _update(source, True, 4, x, y, updates=2, algorithm=algorithm, steps=4, **options)
-    plain, pp, inp = _update(source, False, 4, x, y, updates=2, algorithm=algorithm, steps=4, **options)
+        model, batch = parse_model(sequence_source(3, 2, 3, 4, embed=True)), 4
+        rng = np.random.default_rng(1)
+        x, y = rng.integers(0, 5, size=(4, 3)), rng.integers(0, 4, size=(4, 3))
+        kw = dict(algorithm="dr", relaxation=0.8)
+    else:
+        from feascomp import data
+
+        model, batch = "examples/digits_cnn.fc", 4
+        digits = data.load("digits")
+        x, y = digits.x_train[:4], digits.y_train[:4]
+        kw = dict(algorithm="dm")
+    out = {}
+    for fuse in (True, False):
+        solver = feascomp.compile(model, batch_size=batch, steps=3, dtype="float64", fuse_kernels=fuse, **kw)
+        state = solver.init(solver.init_params(1))
+        infos = []
+        for _ in range(2):
+            params, state, info = solver.update(state, x, y)
+            infos.append(info)
+        out[fuse] = solver, {k: np.asarray(v) for k, v in params.items()}, infos
+    (fused, pf, inf), (plain, pp, inp) = out[True], out[False]
     dots = [f.name for f in fused.plan.families if f.kind == "dot"]
-    assert sorted(fused.program.strategies(FusedSums)) == sorted(dots) and not plain.program.strategies(FusedSums)
-    assert any(len(s.rows) == 2 for s in fused.program.strategies(FusedSums).values())
+    strategies = fused.program.strategies(FusedSums)
+    assert sorted(strategies) == sorted(dots) and not plain.program.strategies(FusedSums)
+    if case == "rnn-dr":
+        assert any(len(s.rows) == 2 for s in strategies.values())
+    else:
+        assert any(len(s.lead) == 3 for s in strategies.values())  # [N, Ho, Wo] rows
     for k in pp:
         np.testing.assert_allclose(pf[k], pp[k], rtol=1e-9, atol=1e-12, err_msg=k)
     for a, b in zip(inf, inp):

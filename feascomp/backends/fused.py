@@ -8,8 +8,10 @@ Native steps are looked up by (algorithm type, lowering name) in :data:`NATIVE_S
 it does not apply. Each is checked against the algorithm's own formula
 (algorithms.py) by tests/test_fused.py, and against the oracle by the mutation tests.
 
-A fused family is a dot, float32 or float64, with nodes [N, m], port a's edges copies of
-[N, n_i] values along m and port b's of [n_i, m] values along N (a dense layer's x @ W;
+A fused family is a dot, float32 or float64, with nodes [N, m] (or [*lead, m]: a conv's
+[N, Ho, Wo, Co], whose rows the kernels see as N*Ho*Wo), port a's edges copies of
+[N, n_i] values along m and port b's of [n_i, m] values along N (a dense layer's x @ W, a
+conv's patches times its reshaped kernel;
 each value may be a view of its producer -- an embedding's rows, a slice of W -- and a
 concat read along the contraction makes several edges per port, which the kernels see
 joined), every node with an outgoing edge, option ``kernel="auto"``; and only where the
@@ -50,7 +52,12 @@ class FusedSums(Storage):
         self.rows, self.cols, self.order, self.first = list(rows), list(cols), order, first
         self.mesh = mesh  # a device mesh: the kernels run on each device's rows (per_shard)
         self.summed = [] if first else [e for e in self.rows + self.cols if not analysis.is_const(e.src)]
-        plain = len(self.rows) == len(self.cols) == 1 and not any(_steps(e) for e in self.rows + self.cols)
+        # nodes [*lead, m] as the kernels' [rows, m]: a conv's [N, Ho, Wo, Co] as N*Ho*Wo rows
+        shape = info.family.type.shape
+        self.lead, self.m, self.k = tuple(shape[:-1]), shape[-1], info.family.port_length("a")
+        self.nrows = math.prod(self.lead)
+        plain = len(self.rows) == len(self.cols) == 1 and not any(_steps(e) for e in self.rows + self.cols) \
+            and len(shape) == 2
         self.buffer_keys = (self.rows[0].key, self.cols[0].key) if plain else ()
         self.edge_keys = tuple(e.key for e in self.rows + self.cols)
 
@@ -105,34 +112,48 @@ class FusedSums(Storage):
                 out[k] = fn(*(s[k] for s in states))
 
     # the ports as the kernels see them ---------------------------------------------------
+    def _3d(self, a):
+        return a.reshape((self.nrows, self.m, a.shape[-1]))
+
+    def flat(self, a):
+        """Per-node values [*lead, m] as the kernels' [rows, m]."""
+        return a.reshape((self.nrows, self.m))
+
+    def nodes(self, a):
+        """The kernels' [rows, m] back to the family's [*lead, m]."""
+        return a.reshape(self.lead + (self.m,))
+
     def port(self, xp, z: dict, rows: bool):
-        """Port a's (``rows``) or b's edges in state z as one [N, m, k] array."""
+        """Port a's (``rows``) or b's edges in state z as one [rows, m, k] array."""
         es = self.rows if rows else self.cols
-        return z[es[0].key] if len(es) == 1 else xp.concatenate([z[e.key] for e in es], axis=-1)
+        parts = [self._3d(z[e.key]) for e in es]
+        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
 
     def split(self, new: dict, rows: bool, value) -> None:
-        """A port's new [N, m, k] array back onto its edges."""
+        """A port's new [rows, m, k] array back onto its edges."""
         es = self.rows if rows else self.cols
         for e in es:
-            new[e.key] = value if len(es) == 1 else value[..., e.start : e.stop]
+            new[e.key] = (value if len(es) == 1 else value[..., e.start : e.stop]).reshape(e.type.shape)
 
     def sources(self, xp, z: dict, rows: bool):
         """What a port's edges copy, where each holds its producer's value (after the
-        producers' projection): port a's [N, k] (its copies along m), port b's [m, k] (its
-        copies along N)."""
+        producers' projection): port a's [rows, k] (its copies along m), port b's [m, k]
+        (its copies along the rows)."""
         es = self.rows if rows else self.cols
-        parts = [z[e.key][:, 0, :] if rows else z[e.key][0] for e in es]
+        parts = [self._3d(z[e.key])[:, 0, :] if rows else self._3d(z[e.key])[0] for e in es]
         return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
 
     def put_sums(self, out: dict, sa, sb, where: dict | None = None) -> None:
-        """The kernel's sums of a port's edges -- sa [N, k] over m, sb [k, m] over N -- as
-        each edge's SUM key (its slice of the port); only the keys ``where`` has, if given."""
-        for es, total, cut in ((self.rows, sa, lambda v, e: v[:, e.start : e.stop]),
-                               (self.cols, sb, lambda v, e: v[e.start : e.stop])):
-            for e in es:
-                k = SUM + e.key
-                if where is None or k in where:
-                    out[k] = total if len(es) == 1 else cut(total, e)
+        """The kernel's sums of a port's edges -- sa [rows, k] over m, sb [k, m] over the
+        rows -- as each edge's SUM key (its slice of the port, shaped like what the edge's
+        broadcast copies); only the keys ``where`` has, if given."""
+        for e in self.rows:
+            if where is None or SUM + e.key in where:
+                part = sa if len(self.rows) == 1 else sa[:, e.start : e.stop]
+                out[SUM + e.key] = part.reshape(self.lead + (e.stop - e.start,))
+        for e in self.cols:
+            if where is None or SUM + e.key in where:
+                out[SUM + e.key] = sb if len(self.cols) == 1 else sb[e.start : e.stop]
 
 
 def _final(e: Edge) -> BroadcastMap:
@@ -183,15 +204,18 @@ def fusable(analysis, info, order, mesh=None) -> FusedSums | None:
     """``info``'s family as a :class:`FusedSums` if the native step can take it (module
     docstring), else None. The caller checks that the kernel builds (:func:`available`)."""
     f = info.family
-    if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) != 2:
+    if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) < 2:
         return None
+    r = len(f.type.shape)  # nodes [*lead, m], edges [*lead, m, k]
     if f.type.dtype not in ("f32", "f64") or not info.out or info.has_unused:
         return None
     ports = info.in_ports
     if [p for p, _, _ in ports] != ["a", "b"] or any(n < 1 or not es for _, n, es in ports):
         return None
     (_, _, rows), (_, _, cols) = ports
-    if any(_final(e).src_axes != (0, 2) for e in rows) or any(_final(e).src_axes != (2, 1) for e in cols):
+    # port a's values copied along the units (m), port b's along every leading node axis
+    if any(_final(e).src_axes != tuple(range(r - 1)) + (r,) for e in rows) or \
+            any(_final(e).src_axes != (r, r - 1) for e in cols):
         return None
     return FusedSums(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh)
 
@@ -229,8 +253,8 @@ def dr_shadow(prog, xp, z: dict, data: dict) -> dict:
         ybar, w = prog.output_args(xp, f.info, z, data)
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS), reflect=False), (True,) * 4, (True,) * 4)
-        y, _, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), ybar, w)
-        prog.write_out(xp, f.info, y, p0, data)
+        y, _, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
+        prog.write_out(xp, f.info, f.nodes(y), p0, data)
         f.put_sums(p0, sa, _group_sum(xp, sb))
     return p0
 
@@ -265,9 +289,9 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         ybar, w = prog.output_args(xp, f.info, z, data)
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 4)
-        y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), ybar, w)
+        y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
         passes[f.info.name] = coef
-        prog.write_out(xp, f.info, y, p0, data)
+        prog.write_out(xp, f.info, f.nodes(y), p0, data)
         f.put_sums(q, sa, _group_sum(xp, sb))  # the reflected edges' sums, for their producers' P1
     q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in fused_edges})
     p1 = prog.project_families(xp, [n for n in after if n not in names], q, data)
@@ -279,12 +303,12 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         ybar, w = prog.output_args(xp, f.info, q, data)
         step = per_shard(f.mesh, lambda za, zb, pa, pb, c0, w: kernels.dot_dr_step(
             za, zb, pa, pb, c0, w, r, min(za.shape[0], FUSED_GROUPS)), (True, True, True, False, True, True), (True,) * 6)
-        za, zb, y, res, sa, sb = step(f.port(xp, z, True), f.port(xp, z, False), pa, pb, ybar, w)
+        za, zb, y, res, sa, sb = step(f.port(xp, z, True), f.port(xp, z, False), pa, pb, f.flat(ybar), f.flat(w))
         f.split(new, True, za)
         f.split(new, False, zb)
         f.put_sums(new, sa, _group_sum(xp, sb), where=z)
         moved = moved + xp.sum(res)
-        prog.write_out(xp, f.info, y, p1, data)
+        prog.write_out(xp, f.info, f.nodes(y), p1, data)
     for f in first:
         va = f.sources(xp, p1, True)
         vb = f.sources(xp, p1, False)
