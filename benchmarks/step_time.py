@@ -147,7 +147,7 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default="mlp1x128,mlp4x128+readout", help=f"of {','.join(MODELS)}")
     ap.add_argument("--algorithms", default="adam,dr,ap,ap:collapsed",
                     help="comma-separated; ALGORITHM[:LOWERING], lowering materialized (default: with the native "
                          "fused DR step where it applies), xla (materialized, XLA's code only) or collapsed")
