@@ -1,0 +1,77 @@
+"""The max projection's cost against its fan-in n (a global max-pool's is H*W), side by side
+with the sort-based projection it replaced, in one run (JAX, jitted, CPU, float32).
+
+    python benchmarks/max_fanin.py                 # n = 16 ... 4096, 2^22 inputs in all
+    python benchmarks/max_fanin.py --json out.json
+
+Each row projects the same number of inputs (nodes x n), so a cost linear in n shows as a
+constant time per input; the sort's grows with log n. Both are the same projection
+(tests/test_primitives.py): the selection takes the TOP + 1 largest by ``lax.top_k`` and
+sorts only where a node's active set is larger (inputs here: N(0, 1), y0 = 0, so the
+active sets are small, as a max-pool's are). The machine is shared and noisy: read the
+medians and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from feascomp.primitives import maxmin
+
+
+def median_seconds(fn, args, repeats=7):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def by_sort(x0, y0):
+    """The sort-based projection (every node sorted): the previous implementation."""
+    k, y, t = maxmin._by_sort(jnp, x0, y0, 1.0)
+    above, tied = x0 > t, x0 == t
+    need = (k + 1 - jnp.sum(above, axis=-1))[..., None]
+    member = above | (tied & (jnp.cumsum(tied, axis=-1) <= need))
+    return jnp.where(member, y[..., None], x0), y
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--total", type=int, default=1 << 22, help="inputs per projection (nodes x fan-in)")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    selection = jax.jit(lambda x, y: maxmin.project_max(jnp, {}, (x,), y, 1.0))
+    sort = jax.jit(by_sort)
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in (16, 64, 256, 1024, 4096):
+        nodes = args.total // n
+        x0 = jnp.asarray(rng.normal(size=(nodes, n)), jnp.float32)
+        y0 = jnp.zeros((nodes,), jnp.float32)
+        (xs,), ys = selection(x0, y0)
+        xr, yr = sort(x0, y0)
+        assert np.allclose(np.asarray(ys), np.asarray(yr), atol=1e-5)
+        t_sel, t_sort = median_seconds(selection, (x0, y0)), median_seconds(sort, (x0, y0))
+        rows.append({"fan_in": n, "nodes": nodes, "selection_ns_per_input": 1e9 * t_sel / args.total,
+                     "sort_ns_per_input": 1e9 * t_sort / args.total, "sort_over_selection": t_sort / t_sel})
+    print("| fan-in | nodes | selection, ns per input | sort, ns per input | sort / selection |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fan_in']} | {r['nodes']} | {r['selection_ns_per_input']:.2f} | {r['sort_ns_per_input']:.2f} | "
+              f"{r['sort_over_selection']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"rows": rows, "jax": jax.__version__}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
