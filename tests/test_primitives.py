@@ -269,7 +269,8 @@ def test_quantize_keeps_the_chosen_level_at_an_interval_end():
 
 
 def test_max_selects_rather_than_sorts_and_is_not_quadratic():
-    """The TOP + 1 largest by top_k decide the nodes; the sort only in a cond's fallback."""
+    """The TOP + 1 largest by passes of a max decide the nodes; a sort only in a cond's
+    fallback (XLA's sort and top_k on CPU cost ~250 ns per entry: benchmarks/max_fanin.py)."""
     import jax
 
     p = P.get("max")
@@ -277,8 +278,8 @@ def test_max_selects_rather_than_sorts_and_is_not_quadratic():
     jaxpr = jax.make_jaxpr(lambda x, y: p.project((x,), y))(x, jax.numpy.zeros(4))
     shapes = [v.aval.shape for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
     assert all(512 * 512 > np.prod(s) * 4 for s in shapes if s)  # no n x n intermediate
-    top = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "top_k"]
-    assert top and "sort" not in {e.primitive.name for e in jaxpr.jaxpr.eqns}  # sorting is inside the cond
+    names = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    assert "cond" in names and not names & {"sort", "top_k"}  # sorting is inside the cond
 
 
 @settings(max_examples=12, deadline=None)

@@ -11,7 +11,8 @@ m, so the test holds for every m from the optimum's on, and the optimum is the f
 y0 = 1 both (1/2, 0, 1/2) and (0, 1/2, 1/2) are nearest -- but they share y, and differ
 only in which tied entry is active.)
 
-So the TOP + 1 largest entries (``lax.top_k``, a selection, not a sort) decide every node
+So the TOP + 1 largest entries (:func:`_largest`: TOP + 1 passes of a max, not a sort)
+decide every node
 whose active set has at most TOP entries -- in practice all of them: a max-pool's
 projection moves its few largest inputs -- and a node whose active set is larger falls
 back to a sort of its values (``lax.cond``: only when some node needs it). The reference
@@ -28,7 +29,7 @@ import numpy as np
 from .base import Port, Primitive
 from .registry import register
 
-TOP = 8  # candidates found by selection (top-k); a node whose active set is larger sorts
+TOP = 8  # candidates found by selection; a node whose active set is larger sorts
 
 
 def _smallest_valid(xp, xs, after, y0, wv):
@@ -46,6 +47,66 @@ def _smallest_valid(xp, xs, after, y0, wv):
     return k, y, t, xp.any(ok, axis=-1)
 
 
+def _largest(xp, x0, count):
+    """The ``count`` largest entries of each row, descending, repeated values counted: by
+    ``count`` passes that each take the largest remaining value and how often it occurs
+    (O(n) each: reductions, which XLA on CPU runs at memory speed; its sort and top_k cost
+    ~250 ns per entry on a max-pool's rows)."""
+    vals, ends, rest, total = [], [], x0, 0
+    for _ in range(count):
+        v = xp.max(rest, axis=-1)
+        hit = rest == v[..., None]
+        total = total + xp.sum(hit, axis=-1)
+        vals.append(v)
+        ends.append(total)
+        rest = xp.where(hit, -math.inf, rest)
+    vals, ends = xp.stack(vals, axis=-1), xp.stack(ends, axis=-1)
+    # position p holds the value whose run of copies covers it: the number of runs ending at or before p
+    p = xp.arange(count)
+    block = xp.sum(ends[..., None, :] <= p[:, None], axis=-1)
+    return xp.take_along_axis(vals, xp.minimum(block, count - 1), axis=-1)
+
+
+ITERATIONS = 64  # of the active-set iteration before the sort decides
+
+
+def _by_iteration(xp, x0, y0, wv):
+    """The active set by iteration (as Michelot's for the simplex): start with every entry
+    active, y = (sum of the active + w y0) / (#active + w), drop the entries <= y, repeat.
+    y never decreases, and the set stops changing at the active set whose y lies in its
+    interval -- the projection's (module docstring). O(n) per round, a few rounds in
+    practice; after ITERATIONS rounds without a fixed point for every node, the sort."""
+    import jax
+
+    y0 = xp.asarray(y0, x0.dtype)
+    w = xp.asarray(wv, x0.dtype)[..., 0] if getattr(wv, "ndim", 0) else xp.asarray(wv, x0.dtype)
+
+    def level(cut):
+        act = x0 > cut[..., None]
+        m = xp.sum(act, axis=-1)
+        return (xp.sum(xp.where(act, x0, 0), axis=-1) + w * y0) / (m + w), m
+
+    def body(state):
+        i, cut, _, _ = state
+        y, m = level(cut)
+        return i + 1, y, cut, m
+
+    def cond(state):
+        i, cut, prev, _ = state
+        return (i < ITERATIONS) & xp.any(cut != prev)
+
+    start = xp.full(x0.shape[:-1], -math.inf, x0.dtype)
+    _, cut, prev, m = jax.lax.while_loop(cond, body, body((0, start, start, xp.zeros(x0.shape[:-1], "int32"))))
+    y, m = level(prev)
+    t = xp.min(xp.where(x0 > prev[..., None], x0, math.inf), axis=-1, keepdims=True)
+    # no entry above y: y0 lies above the max, which alone is raised (m = 1)
+    top = xp.max(x0, axis=-1)
+    y = xp.where(m == 0, (top + w * y0) / (1 + w), y)
+    t = xp.where((m == 0)[..., None], top[..., None], t)
+    k = xp.maximum(m, 1) - 1
+    return jax.lax.cond(xp.all(cut == prev), lambda: (k, y, t), lambda: _by_sort(xp, x0, y0, wv))
+
+
 def _by_sort(xp, x0, y0, wv):
     xs = -xp.sort(-x0, axis=-1)  # descending values; no permutation is needed
     k, y, t, _ = _smallest_valid(xp, xs, xp.full(xs.shape[:-1], -math.inf, x0.dtype), y0, wv)
@@ -58,18 +119,15 @@ def project_max(xp, opts, inputs, y0, w):
     wv = w[..., None] if getattr(w, "ndim", 0) else w
     if n > TOP + 1:
         # the TOP + 1 largest by selection: the candidates m <= TOP are decided by them
-        if xp is np:
-            top = -np.sort(-np.partition(x0, n - TOP - 1, axis=-1)[..., n - TOP - 1 :], axis=-1)
-        else:
-            import jax
-
-            top = jax.lax.top_k(x0, TOP + 1)[0]
+        top = _largest(xp, x0, TOP + 1)
         k, y, t, found = _smallest_valid(xp, top[..., :TOP], top[..., TOP], y0, wv)
         if xp is np:
             if not found.all():
                 k, y, t = _by_sort(xp, x0, y0, wv)
         else:
-            k, y, t = jax.lax.cond(xp.all(found), lambda: (k, y, t), lambda: _by_sort(xp, x0, y0, wv))
+            import jax
+
+            k, y, t = jax.lax.cond(xp.all(found), lambda: (k, y, t), lambda: _by_iteration(xp, x0, y0, wv))
     else:
         k, y, t = _by_sort(xp, x0, y0, wv)
     # The active set is the k + 1 largest entries. Entries above the cut value t are in;
