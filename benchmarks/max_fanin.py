@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from primitives import median_seconds  # benchmarks/primitives.py, beside this script
 
 from feascomp.primitives import maxmin
-
-
-def median_seconds(fn, args, repeats=7):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def by_sort(x0, y0):
@@ -64,7 +53,7 @@ def main():
         (xs,), ys = selection(x0, y0)
         xr, yr = sort(x0, y0)
         assert np.allclose(np.asarray(ys), np.asarray(yr), atol=1e-5)
-        t_sel, t_sort = median_seconds(selection, (x0, y0)), median_seconds(sort, (x0, y0))
+        t_sel, t_sort = median_seconds(selection, (x0, y0), 7), median_seconds(sort, (x0, y0), 7)
         rows.append({"fan_in": n, "nodes": nodes, "selection_ns_per_input": 1e9 * t_sel / args.total,
                      "sort_ns_per_input": 1e9 * t_sort / args.total, "sort_over_selection": t_sort / t_sel})
     print("| fan-in | nodes | selection, ns per input | sort, ns per input | sort / selection |")

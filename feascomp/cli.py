@@ -486,14 +486,7 @@ def _eval(args) -> int:
         raise FeascompError("eval takes a .fc model file; evaluate a JAX function's parameters from Python "
                             "(solver.accuracy)", Loc(args.model.rpartition(":")[0]))
     solver = compile(args.model, batch_size=1)
-    params = load_params(args.params)
-    try:
-        state = solver.init(params)
-    except FeascompError as e:
-        from .errors import Loc
-
-        raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
-                            note=f"model: {args.model}") from None
+    state = _init_saved(solver, args, load_params(args.params))
     ds = _load_data(args)
     _check_input(solver, ds, args.model)
     acc = solver.accuracy(state.params, ds.x_test, ds.y_test)
@@ -507,7 +500,7 @@ def _eval(args) -> int:
 def _sample(args) -> int:
     from .errors import Loc
     from .sample import load_vocabulary, sample
-    from .solver import compile
+    from .solver import compile, model_loc
     from .train import load_params
 
     if _is_python_model(args.model):
@@ -516,14 +509,9 @@ def _sample(args) -> int:
     if len(solver.input_shape) != 1 or not solver.tokens or len(solver.positions) != 1:
         raise FeascompError("sample needs a character model: token ids in (input x : i32[T]) and logits at every "
                             f"position out ([T, classes]); this model takes {list(solver.input_shape)} and gives "
-                            f"{[*solver.positions, solver.num_classes]}", model_loc_of(solver))
-    params = load_params(args.params)
+                            f"{[*solver.positions, solver.num_classes]}", model_loc(solver.tensor))
+    state = _init_saved(solver, args, load_params(args.params))
     vocabulary = load_vocabulary(args.params)
-    try:
-        state = solver.init(params)
-    except FeascompError as e:
-        raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
-                            note=f"model: {args.model}") from None
     if len(vocabulary) != solver.num_classes:
         raise FeascompError(f"the saved vocabulary has {len(vocabulary)} characters; the model predicts "
                             f"{solver.num_classes}", Loc(args.params))
@@ -533,10 +521,16 @@ def _sample(args) -> int:
     return 0
 
 
-def model_loc_of(solver):
-    from .solver import model_loc
+def _init_saved(solver, args, params):
+    """The solver's state on parameters read from ``args.params``: a located error where
+    they do not fit the model."""
+    from .errors import Loc
 
-    return model_loc(solver.tensor)
+    try:
+        return solver.init(params)
+    except FeascompError as e:
+        raise FeascompError(f"{e.message} (the parameters do not belong to this model)", Loc(args.params),
+                            note=f"model: {args.model}") from None
 
 
 def _plot(args) -> int:
