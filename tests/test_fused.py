@@ -154,6 +154,7 @@ def test_fused_step_gives_the_algorithms_iterates(case):
         np.testing.assert_allclose(a["residual"], b["residual"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["rnn-dr", "cnn-dm"])
 def test_concat_fed_and_conv_layers_take_the_native_step(case):
     """rnn: a recurrent cell's dense layer reads concat(e[t], h) @ W, so each port has

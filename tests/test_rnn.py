@@ -76,6 +76,7 @@ def sequence_source(steps, width, hidden, classes, embed=False):
                       "loss cross_entropy(y)"]) + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["dr", "ap", "cp"])
 @pytest.mark.parametrize("embed", [False, True], ids=["dense", "embedding"])
 def test_sequence_model_matches_the_oracle(algorithm, embed):
