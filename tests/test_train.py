@@ -47,6 +47,8 @@ def test_cli_trains_digits_by_dr_saves_and_evaluates(tmp_path, capsys):
     assert report["test_accuracy"] >= 0.80, report
     assert report["seconds_per_step"] > 0 and report["compile_seconds"] > 0
     assert report["fused_families"] == ["0", "logits"]  # DR's dense layers run the native step
+    ds = data.load("digits")  # the majority class's test accuracy, the floor beside the model's
+    assert report["majority_accuracy"] == pytest.approx(np.mean(ds.y_test == np.bincount(ds.y_train).argmax()))
     params = load_params(str(out))
     assert set(params) == {"W1", "b1", "W2"} and params["W1"].shape == (64, 32)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".feascomp-")]  # no temporary left

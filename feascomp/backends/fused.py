@@ -54,7 +54,7 @@ class FusedSums(Storage):
         self.summed = [] if first else [e for e in self.rows + self.cols if not analysis.is_const(e.src)]
         # nodes [*lead, m] as the kernels' [rows, m]: a conv's [N, Ho, Wo, Co] as N*Ho*Wo rows
         shape = info.family.type.shape
-        self.lead, self.m, self.k = tuple(shape[:-1]), shape[-1], info.family.port_length("a")
+        self.lead, self.m = tuple(shape[:-1]), shape[-1]
         self.nrows = math.prod(self.lead)
         plain = len(self.rows) == len(self.cols) == 1 and not any(_steps(e) for e in self.rows + self.cols) \
             and len(shape) == 2
@@ -166,19 +166,12 @@ def _steps(e: Edge) -> tuple:
 
 def _stepped(xp, e: Edge, value, data):
     """The producer's value through the edge map's view steps: what its broadcast copies."""
-    for s in _steps(e):
-        value = s.apply(xp, value, data)
-    return value
+    return e.map.apply_steps(xp, value, data) if isinstance(e.map, ChainMap) else value
 
 
 def _unstepped(xp, e: Edge, value, src_shape, data):
     """The transpose of the map's view steps (from what the broadcast copies to the producer)."""
-    if not _steps(e):
-        return value
-    shapes = e.map.shapes(src_shape)
-    for s, shp in zip(reversed(e.map.steps), reversed(shapes[:-1])):
-        value = s.transpose(xp, value, shp, data)
-    return value
+    return e.map.transpose_steps(xp, value, src_shape, data) if isinstance(e.map, ChainMap) else value
 
 
 def per_shard(mesh, fn, ins, outs):

@@ -390,18 +390,25 @@ class ChainMap:
         """Some step reads runtime data (indices): the out-degree is counted per batch."""
         return any(getattr(s, "runtime", False) for s in self.steps)
 
-    def apply(self, xp, src, edge_shape, data=None):
+    def apply_steps(self, xp, src, data=None):
+        """The source through the structural steps: what the final broadcast copies."""
         x = src
         for s in self.steps:
             x = s.apply(xp, x, data)
-        return self.final.apply(xp, x, edge_shape)
+        return x
+
+    def transpose_steps(self, xp, value, src_shape, data=None):
+        """The adjoint of the steps alone: from what the broadcast copies to the source."""
+        shapes = self.shapes(src_shape)
+        for s, shp in zip(reversed(self.steps), reversed(shapes[:-1])):
+            value = s.transpose(xp, value, shp, data)
+        return value
+
+    def apply(self, xp, src, edge_shape, data=None):
+        return self.final.apply(xp, self.apply_steps(xp, src, data), edge_shape)
 
     def transpose(self, xp, edge, src_shape, data=None):
-        shapes = self.shapes(src_shape)
-        y = self.final.transpose(xp, edge)
-        for s, shp in zip(reversed(self.steps), reversed(shapes[:-1])):
-            y = s.transpose(xp, y, shp, data)
-        return y
+        return self.transpose_steps(xp, self.final.transpose(xp, edge), src_shape, data)
 
 
 def make_map(steps, final: BroadcastMap):
