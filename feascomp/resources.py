@@ -123,7 +123,7 @@ def check(estimate: MemoryEstimate, max_memory: int | None, *, batch_size: int, 
         f"{fmt_bytes(limit)} of {source}{hint}",
         where,
         note=f"reduce --batch-size (the edge state grows with it; about {fits} would fit), use "
-             "--lowering collapsed (AP, DR, DM: dense layers keep no edge copies), or a smaller model"
+             "--lowering collapsed (AP, DR, DM: dense and conv layers keep no edge copies), or a smaller model"
              + ("" if source == "--max-memory" else "; or set the budget yourself with --max-memory SIZE"),
     )
 

@@ -42,7 +42,11 @@ holds its inner-product algebra.
 The same iterates in exact arithmetic; in floating point the per-node norms come from inner
 products, which loses relative accuracy where a port's terms cancel (e.g. a ≈ -b) --
 tests check agreement with the materialized lowering in float64. Not for warm starts or
-per-family monitoring; families that do not qualify (convolutions, gathers, concatenated
+per-family monitoring. A port whose map has window and reshape steps before the broadcast (a
+conv's patches) keeps the producer's *view* in its slots -- the patches, [batch, Ho, Wo,
+kh kw C] -- and the steps' transpose (col2im) follows the contraction in the consensus: the
+conv's edges, a copy of every patch per output channel, are never formed. Families that do
+not qualify (gathers, concatenated
 ports) stay materialized.
 """
 from __future__ import annotations
@@ -54,7 +58,19 @@ import string
 import numpy as np
 
 from ..ir.feasibility import BroadcastMap, Edge
+from ..ir.maps import ChainMap, Reshape, Window
 from .storage import Storage
+
+
+def _final(m) -> BroadcastMap:
+    """The broadcast that copies a port's view into the edges."""
+    return m.final if isinstance(m, ChainMap) else m
+
+
+def _view(xp, e: Edge, v, data):
+    """A producer's value as the port sees it before the broadcast (a conv's patches: the
+    window and reshape steps of its map); the value itself for a plain broadcast."""
+    return e.map.apply_steps(xp, v, data) if isinstance(e.map, ChainMap) else v
 
 
 def _set_index(xp, arr, index, value, axis: int):
@@ -173,7 +189,7 @@ class CollapsedSlots(Storage):
         self.elide = elide
         rank = len(edges[0].type.shape)
         letters = string.ascii_lowercase[:rank]
-        self.forms = GramForms(tuple("".join(letters[k] for k in e.map.src_axes) for e in edges), letters[:-1],
+        self.forms = GramForms(tuple("".join(letters[k] for k in _final(e.map).src_axes) for e in edges), letters[:-1],
                                letters[-1], tuple(info.family.type.shape))
         self.node_shape = self.forms.node_shape
         self.length = int(edges[0].type.shape[-1])  # port length
@@ -189,6 +205,12 @@ class CollapsedSlots(Storage):
     @property
     def terms(self) -> int:
         return sum(self.slots) + 1
+
+    def view_shape(self, k: int) -> tuple:
+        """The shape of port k's slot values (its producer's value through the map's steps)."""
+        e = self.edges[k]
+        shape = tuple(self.analysis.info[e.src].family.type.shape)
+        return e.map.shapes(shape)[-1] if isinstance(e.map, ChainMap) else shape
 
     def value_key(self, k: int) -> str:
         return f"{self.name}#{self.edges[k].port}"
@@ -227,7 +249,7 @@ class CollapsedSlots(Storage):
         """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
         out = []
         for k, e in enumerate(self.edges):
-            v = data[e.src][None] if self.const[k] else z[self.value_key(k)]
+            v = _view(xp, e, data[e.src], data)[None] if self.const[k] else z[self.value_key(k)]
             out.append((v, self.forms.labels[k], self.offsets[k]))
         out.append((self._first(xp, dtype)[None], self.forms.port, self.terms - 1))
         return out
@@ -274,7 +296,7 @@ class CollapsedSlots(Storage):
     # the storage interface -----------------------------------------------------------------------
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         for k, e in enumerate(self.edges):
-            v = vals[e.src]
+            v = _view(xp, e, vals[e.src], data)
             if not self.const[k]:
                 z[self.value_key(k)] = xp.concatenate([v[None], xp.zeros((self.slots[k] - 1,) + v.shape, v.dtype)])
             z[self.coef_key(k)] = self._onehot(xp, self.offsets[k], v.dtype)
@@ -304,10 +326,13 @@ class CollapsedSlots(Storage):
                     total = total + xp.einsum(f"{keep},{lab}->{target}", cs[y], v[y])
             else:
                 total = total + xp.einsum(f"Y{node},Y{lab}->{target}", cs, v)
+        if isinstance(e.map, ChainMap):  # from the port's view back to the producer (col2im)
+            total = e.map.transpose_steps(xp, total, self.analysis.info[e.src].family.type.shape, data)
         return total
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
         k = self.port_of[e.key]
+        value = _view(xp, e, value, data)
         if self.const[k]:
             slot = 0
         elif self.slots[k] == 1:
@@ -464,7 +489,7 @@ class CollapsedSlots(Storage):
                     out[self.gram_key(i, j)] = si * sj * math.prod(shape[x] for x in forms.out_labels(li, lj))
         for k, (e, s) in enumerate(zip(self.edges, self.slots)):
             if not self.const[k]:
-                out[self.value_key(k)] = s * math.prod(self.analysis.info[e.src].family.type.shape)
+                out[self.value_key(k)] = s * math.prod(self.view_shape(k))
         return out
 
     def nbytes(self, itemsize: int) -> int:
@@ -474,6 +499,15 @@ class CollapsedSlots(Storage):
     def device_nbytes(self, itemsize: int, data: int) -> int:
         return sum(n // data if data > 1 and self.batch_axis(k) is not None else n
                    for k, n in self._counts().items()) * itemsize
+
+
+def _view_keeps_batch(analysis, e: Edge) -> bool:
+    """A chain of windows and reshapes (a conv's patches) whose view keeps a batched
+    producer's batch as its leading axis, as the slot values' sharding assumes."""
+    if not isinstance(e.map, ChainMap) or not all(isinstance(s, (Window, Reshape)) for s in e.map.steps):
+        return False
+    shapes = e.map.shapes(analysis.info[e.src].family.type.shape)
+    return e.src not in analysis.batched or all(s[0] == shapes[0][0] for s in shapes)
 
 
 def collapsible(analysis, info, plan: SlotPlan, elide: bool) -> CollapsedSlots | None:
@@ -489,7 +523,9 @@ def collapsible(analysis, info, plan: SlotPlan, elide: bool) -> CollapsedSlots |
             return None
         e = es[0]
         rank = len(e.type.shape)
-        if not isinstance(e.map, BroadcastMap) or rank - 1 not in e.map.src_axes or rank > 24:
+        if not (isinstance(e.map, BroadcastMap) or _view_keeps_batch(analysis, e)):
+            return None
+        if rank - 1 not in _final(e.map).src_axes or rank > 24:
             return None
         if analysis.info[e.src].family.type.dtype == "i32":
             return None
