@@ -153,10 +153,10 @@ class GramForms:
                     per node, which XLA on CPU runs ~10x slower), a shared one (W's, per
                     unit) as an einsum."""
                     if out == node:
-                        inner = xp.sum(g * cb[None], axis=1)
+                        inner = xp.einsum(f"YZ{node},Z{node}->Y{node}", g, cb)
                     else:
                         inner = xp.einsum(f"YZ{out},Z{node}->Y{node}", g, cb)
-                    return xp.sum(ca * inner, axis=0)
+                    return xp.einsum(f"Y{node},Y{node}->{node}", ca, inner)
 
                 for p, (c1, c2) in enumerate(pairs):
                     t = form(c1[oi : oi + si], c2[oj : oj + sj])
