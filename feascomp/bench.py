@@ -93,7 +93,7 @@ def check_spec(spec, path: str, text: str = "") -> dict:
 
     if not isinstance(spec, dict):
         fail("a bench spec is a table (TOML) or object (JSON)")
-    known = {"title", "defaults", "methods", "models", "data", "grid", "notes"}
+    known = {"title", "defaults", "methods", "models", "data", "grid", "notes", "thresholds", "baseline"}
     for k in spec:
         if k not in known:
             fail(f"unknown key {k!r}; a spec has {', '.join(sorted(known))}", k)
@@ -126,6 +126,12 @@ def check_spec(spec, path: str, text: str = "") -> dict:
             fail(f"model {name!r}: depth must be a whole number", name)
     if not isinstance(spec.get("data", {}), dict):
         fail("data must map dataset names to paths", "data")
+    thresholds = spec.get("thresholds", [])
+    if not isinstance(thresholds, list) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1 for t in thresholds):
+        fail("thresholds must be a list of validation accuracies in (0, 1]", "thresholds")
+    if "baseline" in spec and spec["baseline"] not in methods:
+        fail(f"baseline names method {spec['baseline']!r}, which the spec does not define", "baseline")
     grid = spec.get("grid")
     if not isinstance(grid, list) or not grid:
         fail("a spec needs at least one [[grid]] entry (datasets, models, methods, seeds)")
@@ -290,10 +296,39 @@ def _pm(values, scale=1.0, digits=1):
     return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def seconds_to(report: dict, threshold: float) -> float | None:
+    """Training seconds to the first evaluation whose validation accuracy reaches
+    ``threshold`` (None if none did)."""
+    return next((e["seconds"] for e in report.get("evaluations", []) if e["accuracy"] >= threshold), None)
+
+
+def _to_threshold(rows: list[dict], thresholds, baseline) -> None:
+    """Per row and threshold: the median over seeds of the seconds to it (a seed that never
+    reached it counts as not reaching: the cell says how many did), and its ratio to the
+    baseline method's median on the same dataset and model."""
+    base = {(r["dataset"], r["model"]): r for r in rows if r["method"] == baseline}
+    for r in rows:
+        r["to_threshold"] = {}
+        for t in thresholds:
+            got = [s for s in r["_seconds_to"][t] if s is not None]
+            median = float(np.median(got)) if len(got) * 2 > len(r["_seconds_to"][t]) else None
+            r["to_threshold"][f"{t:g}"] = {"median_seconds": median, "reached": len(got), "runs": len(r["_seconds_to"][t])}
+            cell = "–" if median is None else f"{median:.2f}"
+            b = base.get((r["dataset"], r["model"]))
+            bm = b["to_threshold"][f"{t:g}"]["median_seconds"] if b is not None and f"{t:g}" in b.get("to_threshold", {}) else None
+            if median is not None and bm and r is not b:
+                cell += f" ({median / bm:.0f}×)"
+                r["to_threshold"][f"{t:g}"]["ratio"] = median / bm
+            if len(got) < len(r["_seconds_to"][t]):
+                cell += f" [{len(got)}/{len(r['_seconds_to'][t])}]"
+            r["cells"].append(cell)
+
+
+def summarise(results: list[dict], thresholds=(), baseline=None) -> list[dict]:
     """One row per (dataset, model, method), in grid order: the paper's columns (test
     accuracy of the best-on-validation parameters; steps and training seconds to 99 % of
-    the best validation accuracy; time per step), mean ± std over seeds."""
+    the best validation accuracy; time per step), mean ± std over seeds; then, per
+    threshold, the median training seconds to reach it (and the ratio to ``baseline``)."""
     groups: dict[tuple, list] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["model"], r["method"]), []).append(r)
@@ -305,12 +340,24 @@ def summarise(results: list[dict]) -> list[dict]:
                "budget": rs[0]["budget"], "depth": rs[0].get("depth"),
                "accuracy": get("test_accuracy"), "steps_to_best": get("steps_to_best"),
                "seconds_to_best": get("seconds_to_best"), "seconds_per_step": get("seconds_per_step"),
-               "updates": get("updates"), "stopped": [rep.get("stopped") for rep in ok]}
+               "updates": get("updates"), "stopped": [rep.get("stopped") for rep in ok],
+               "_seconds_to": {t: [seconds_to(rep, t) for rep in ok] for t in thresholds}}
         row["cells"] = [dataset, model, method, _pm(row["accuracy"], 100), _pm(row["steps_to_best"], 1e-3, 2),
                         _pm(row["seconds_to_best"], 1, 1), _pm(row["seconds_per_step"], 1e3, 2),
                         f"{len(ok)}" + (f" ({row['failed']} failed)" if row["failed"] else ""), row["budget"]]
         rows.append(row)
+    if baseline is not None:  # the baseline's medians first, for the others' ratios
+        rows_first = sorted(rows, key=lambda r: r["method"] != baseline)
+    else:
+        rows_first = rows
+    _to_threshold(rows_first, thresholds, baseline)
+    for r in rows:
+        del r["_seconds_to"]
     return rows
+
+
+def columns(spec) -> tuple:
+    return COLUMNS + tuple(f"To {t:g} (s)" for t in spec.get("thresholds", []))
 
 
 def markdown(spec, rows, info) -> str:
@@ -321,8 +368,13 @@ def markdown(spec, rows, info) -> str:
              "Accuracy: test accuracy of the best-on-validation parameters. Steps (k) and Time (s): to the first "
              "evaluation reaching 99 % of the run's best validation accuracy (training time only: no data loading, "
              "evaluation or compilation). Step: training time per step (a projection step, or one optimizer step "
-             "for SGD/Adam). Mean ± std over seeds.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "for SGD/Adam). Mean ± std over seeds.", ""]
+    if spec.get("thresholds"):
+        lines += ["To A (s): median over seeds of the training seconds to the first evaluation whose validation "
+                  "accuracy reaches A" + (f"; (n×): that median over {spec['baseline']}'s" if spec.get("baseline") else "")
+                  + "; [r/n]: only r of n seeds reached it (– when fewer than half did).", ""]
+    cols = columns(spec)
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r["cells"]) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -331,10 +383,10 @@ def write_results(spec: dict, results: list[dict], out: str) -> dict:
     from .files import atomic_write
 
     info = machine()
-    rows = summarise(results)
+    rows = summarise(results, spec.get("thresholds", []), spec.get("baseline"))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(COLUMNS)
+    w.writerow(columns(spec))
     w.writerows(r["cells"] for r in rows)
     summary = {"title": spec["title"], "spec": spec.get("_path"), "machine": info,
                "rows": [{k: v for k, v in r.items() if k != "cells"} for r in rows]}

@@ -57,6 +57,18 @@ def test_target_accuracy_stops_at_the_first_evaluation_reaching_it(adam, digits)
     assert r["seconds_to_target"] == r["evaluations"][-1]["seconds"] <= r["training_seconds"]
 
 
+@pytest.mark.parametrize("flags,every", [([], 10), (["--target-accuracy", "0.999"], 1),
+                                         (["--target-accuracy", "0.999", "--eval-every", "4"], 4)])
+def test_eval_every_defaults_to_every_update_with_a_target(flags, every, capsys):
+    """With a target and no --eval-every, every update is evaluated: the time to the
+    target is known to an update, not to ten."""
+    argv = ["train", "examples/digits_mlp.fc", "--dataset", "digits", "--algorithm", "adam", "--updates", "12",
+            "--json", "--no-progress", *flags]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [e["update"] for e in report["evaluations"]] == sorted({*range(every, 13, every), 12})
+
+
 def test_patience_stops_after_evaluations_without_improvement(adam, digits):
     _, r = train(adam, digits, updates=400, eval_every=1, patience=2, progress=False)
     accs = [e["accuracy"] for e in r["evaluations"]]
@@ -231,8 +243,32 @@ def test_bench_runs_a_grid_writes_tables_and_figures_and_resumes(tmp_path):
     assert len(calls) == 4
 
 
+def test_bench_times_to_thresholds_are_medians_over_seeds_with_ratios():
+    """Time to each threshold: the first evaluation reaching it, the median over seeds, the
+    ratio to the baseline's median; a threshold fewer than half the seeds reached is '–'."""
+    from feascomp.bench import summarise
+
+    def run(method, seed, curve):
+        evals = [{"update": i + 1, "step": i + 1, "seconds": s, "accuracy": a} for i, (s, a) in enumerate(curve)]
+        return {"dataset": "d", "model": "m", "method": method, "seed": seed, "budget": "b",
+                "report": {"test_accuracy": 0.9, "evaluations": evals}}
+
+    results = [run("dr", 0, [(2.0, 0.8), (4.0, 0.9)]), run("dr", 1, [(3.0, 0.86), (9.0, 0.91)]),
+               run("dr", 2, [(5.0, 0.9)]),
+               run("adam", 0, [(0.1, 0.85), (0.2, 0.9)]), run("adam", 1, [(0.3, 0.9)]), run("adam", 2, [(0.1, 0.95)])]
+    rows = {r["method"]: r for r in summarise(results, [0.85, 0.9, 0.95], "adam")}
+    dr, adam = rows["dr"]["to_threshold"], rows["adam"]["to_threshold"]
+    assert dr["0.85"]["median_seconds"] == 4.0 and dr["0.9"]["median_seconds"] == 5.0  # {4, 3, 5} and {4, 9, 5}
+    assert adam["0.9"]["median_seconds"] == 0.2 and dr["0.9"]["ratio"] == pytest.approx(25.0)
+    assert adam["0.95"] == {"median_seconds": None, "reached": 1, "runs": 3}
+    assert rows["dr"]["cells"][-3:] == ["4.00 (40×)", "5.00 (25×)", "– [0/3]"]
+    assert rows["adam"]["cells"][-1] == "– [1/3]"
+
+
 @pytest.mark.parametrize("text,message,line", [
     ("title = 'x'\n[grid\n", "invalid TOML", 2),
+    ("thresholds = [0.9, 1.5]\n", "thresholds must be a list", 1),
+    ("baseline = 'adam'\n", "baseline names method 'adam'", 1),
     ("colour = 1\n", "unknown key 'colour'", 1),
     ("[methods.dr]\nalgorithm = 'dr'\nupdate = 3\n", "unknown option 'update'", 3),
     ("[methods.dr]\nalgorithm = 'dr'\nupdates = 'many'\n", "option updates must be int", 3),
