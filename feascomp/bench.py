@@ -317,7 +317,8 @@ def _to_threshold(rows: list[dict], thresholds, baseline) -> None:
             b = base.get((r["dataset"], r["model"]))
             bm = b["to_threshold"][f"{t:g}"]["median_seconds"] if b is not None and f"{t:g}" in b.get("to_threshold", {}) else None
             if median is not None and bm and r is not b:
-                cell += f" ({median / bm:.0f}×)"
+                ratio = median / bm
+                cell += f" ({ratio:.1f}×)" if ratio < 10 else f" ({ratio:.0f}×)"
                 r["to_threshold"][f"{t:g}"]["ratio"] = median / bm
             if len(got) < len(r["_seconds_to"][t]):
                 cell += f" [{len(got)}/{len(r['_seconds_to'][t])}]"
