@@ -304,14 +304,16 @@ def seconds_to(report: dict, threshold: float) -> float | None:
 
 def _to_threshold(rows: list[dict], thresholds, baseline) -> None:
     """Per row and threshold: the median over seeds of the seconds to it (a seed that never
-    reached it counts as not reaching: the cell says how many did), and its ratio to the
-    baseline method's median on the same dataset and model."""
+    reached it counts as infinitely slow, so the median exists only when more than half
+    did; the cell says how many did), and its ratio to the baseline method's median on
+    the same dataset and model."""
     base = {(r["dataset"], r["model"]): r for r in rows if r["method"] == baseline}
     for r in rows:
         r["to_threshold"] = {}
         for t in thresholds:
             got = [s for s in r["_seconds_to"][t] if s is not None]
-            median = float(np.median(got)) if len(got) * 2 > len(r["_seconds_to"][t]) else None
+            median = float(np.median([np.inf if s is None else s for s in r["_seconds_to"][t]]))
+            median = None if np.isinf(median) else median
             r["to_threshold"][f"{t:g}"] = {"median_seconds": median, "reached": len(got), "runs": len(r["_seconds_to"][t])}
             cell = "–" if median is None else f"{median:.2f}"
             b = base.get((r["dataset"], r["model"]))
@@ -319,7 +321,7 @@ def _to_threshold(rows: list[dict], thresholds, baseline) -> None:
             if median is not None and bm and r is not b:
                 ratio = median / bm
                 cell += f" ({ratio:.1f}×)" if ratio < 10 else f" ({ratio:.0f}×)"
-                r["to_threshold"][f"{t:g}"]["ratio"] = median / bm
+                r["to_threshold"][f"{t:g}"]["ratio"] = ratio
             if len(got) < len(r["_seconds_to"][t]):
                 cell += f" [{len(got)}/{len(r['_seconds_to'][t])}]"
             r["cells"].append(cell)

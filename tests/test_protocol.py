@@ -245,7 +245,8 @@ def test_bench_runs_a_grid_writes_tables_and_figures_and_resumes(tmp_path):
 
 def test_bench_times_to_thresholds_are_medians_over_seeds_with_ratios():
     """Time to each threshold: the first evaluation reaching it, the median over seeds, the
-    ratio to the baseline's median; a threshold fewer than half the seeds reached is '–'."""
+    ratio to the baseline's median; a seed that never reached it counts as infinitely slow
+    (no median unless more than half did)."""
     from feascomp.bench import summarise
 
     def run(method, seed, curve):
@@ -254,7 +255,8 @@ def test_bench_times_to_thresholds_are_medians_over_seeds_with_ratios():
                 "report": {"test_accuracy": 0.9, "evaluations": evals}}
 
     results = [run("dr", 0, [(2.0, 0.8), (4.0, 0.9)]), run("dr", 1, [(3.0, 0.86), (9.0, 0.91)]),
-               run("dr", 2, [(5.0, 0.9)]),
+               run("dr", 2, [(5.0, 0.9)]), run("ap", 0, [(1.0, 0.92)]), run("ap", 1, [(3.0, 0.92)]),
+               run("ap", 2, [(1.0, 0.5)]),
                run("adam", 0, [(0.1, 0.85), (0.2, 0.9)]), run("adam", 1, [(0.3, 0.9)]), run("adam", 2, [(0.1, 0.95)])]
     rows = {r["method"]: r for r in summarise(results, [0.85, 0.9, 0.95], "adam")}
     dr, adam = rows["dr"]["to_threshold"], rows["adam"]["to_threshold"]
@@ -263,6 +265,7 @@ def test_bench_times_to_thresholds_are_medians_over_seeds_with_ratios():
     assert adam["0.95"] == {"median_seconds": None, "reached": 1, "runs": 3}
     assert rows["dr"]["cells"][-3:] == ["4.00 (40×)", "5.00 (25×)", "– [0/3]"]
     assert rows["adam"]["cells"][-1] == "– [1/3]"
+    assert rows["ap"]["to_threshold"]["0.9"]["median_seconds"] == 3.0  # {1, 3, never}: not the mean of 1 and 3
 
 
 @pytest.mark.parametrize("text,message,line", [
