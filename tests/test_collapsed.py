@@ -144,7 +144,7 @@ def test_collapsed_convolutions_match_materialized():
     patch ports keep the producer's patches, and the consensus maps back through col2im.
     The same parameters and residual as the edges after an update of 3 steps (float64)."""
 
-    @settings(max_examples=5, deadline=None)
+    @settings(max_examples=3, deadline=None)
     @given(convs)
     def check(case):
         h, w, c, widths, kernel, stride, padding, batch, seed, algorithm = case
