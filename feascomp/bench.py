@@ -307,23 +307,23 @@ def _to_threshold(rows: list[dict], thresholds, baseline) -> None:
     reached it counts as infinitely slow, so the median exists only when more than half
     did; the cell says how many did), and its ratio to the baseline method's median on
     the same dataset and model."""
-    base = {(r["dataset"], r["model"]): r for r in rows if r["method"] == baseline}
     for r in rows:
         r["to_threshold"] = {}
         for t in thresholds:
-            got = [s for s in r["_seconds_to"][t] if s is not None]
-            median = float(np.median([np.inf if s is None else s for s in r["_seconds_to"][t]]))
-            median = None if np.isinf(median) else median
-            r["to_threshold"][f"{t:g}"] = {"median_seconds": median, "reached": len(got), "runs": len(r["_seconds_to"][t])}
+            times = r["_seconds_to"][t]
+            median = float(np.median([np.inf if s is None else s for s in times]))
+            r["to_threshold"][f"{t:g}"] = {"median_seconds": None if np.isinf(median) else median,
+                                           "reached": sum(s is not None for s in times), "runs": len(times)}
+    base = {(r["dataset"], r["model"]): r["to_threshold"] for r in rows if r["method"] == baseline}
+    for r in rows:
+        for key, got in r["to_threshold"].items():
+            median, bm = got["median_seconds"], base.get((r["dataset"], r["model"]), {}).get(key, {}).get("median_seconds")
             cell = "–" if median is None else f"{median:.2f}"
-            b = base.get((r["dataset"], r["model"]))
-            bm = b["to_threshold"][f"{t:g}"]["median_seconds"] if b is not None and f"{t:g}" in b.get("to_threshold", {}) else None
-            if median is not None and bm and r is not b:
-                ratio = median / bm
-                cell += f" ({ratio:.1f}×)" if ratio < 10 else f" ({ratio:.0f}×)"
-                r["to_threshold"][f"{t:g}"]["ratio"] = ratio
-            if len(got) < len(r["_seconds_to"][t]):
-                cell += f" [{len(got)}/{len(r['_seconds_to'][t])}]"
+            if median is not None and bm and r["method"] != baseline:
+                got["ratio"] = median / bm
+                cell += f" ({got['ratio']:.1f}×)" if got["ratio"] < 10 else f" ({got['ratio']:.0f}×)"
+            if got["reached"] < got["runs"]:
+                cell += f" [{got['reached']}/{got['runs']}]"
             r["cells"].append(cell)
 
 
@@ -349,11 +349,7 @@ def summarise(results: list[dict], thresholds=(), baseline=None) -> list[dict]:
                         _pm(row["seconds_to_best"], 1, 1), _pm(row["seconds_per_step"], 1e3, 2),
                         f"{len(ok)}" + (f" ({row['failed']} failed)" if row["failed"] else ""), row["budget"]]
         rows.append(row)
-    if baseline is not None:  # the baseline's medians first, for the others' ratios
-        rows_first = sorted(rows, key=lambda r: r["method"] != baseline)
-    else:
-        rows_first = rows
-    _to_threshold(rows_first, thresholds, baseline)
+    _to_threshold(rows, thresholds, baseline)
     for r in rows:
         del r["_seconds_to"]
     return rows
