@@ -4,6 +4,7 @@ by side in one run; each configuration in its own subprocess so that peak memory
     python benchmarks/step_time.py                # table
     python benchmarks/step_time.py --json         # one JSON object per configuration
     python benchmarks/step_time.py --models char-rnn --algorithms adam,dr,dr:xla,ap --batch 16 --steps 5
+    python benchmarks/step_time.py --models mlp1x128,cnn1x32 --algorithms adam,dr,dr@float16,dr@bfloat16
 
 A projection step is one iteration of the algorithm (as in the paper; an update runs K of
 them in one jitted scan). An Adam step is one jitted optax update called from Python,
@@ -81,8 +82,9 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
     base = rss_mb()
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(ds.x_train), batch, replace=False) for _ in range(updates + 1)]
+    algorithm, _, edge = algorithm.partition("@")
     algorithm, _, lowering = algorithm.partition(":")
-    rec = {"model": model, "algorithm": algorithm, "batch": batch}
+    rec = {"model": model, "algorithm": algorithm, "batch": batch, "edge_dtype": edge or "float32"}
     if algorithm == "adam":
         import jax.numpy as jnp
         import optax
@@ -123,7 +125,7 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
     else:
         solver = feascomp.compile(os.path.join(ROOT, MODELS[model]), batch_size=batch, steps=steps, algorithm=algorithm,
                                   lowering="materialized" if lowering in ("", "xla") else lowering,
-                                  fuse_kernels=lowering != "xla")
+                                  fuse_kernels=lowering != "xla", edge_dtype=edge or None)
         state = solver.init(solver.init_params(0))
         compile_s = solver.compile_update(state.params)
         params, state, _ = solver.update(state, ds.x_train[batches[0]], ds.y_train[batches[0]])
@@ -135,7 +137,8 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
             jax.block_until_ready(params)
             times.append((time.perf_counter() - t0) / steps)
         fused = solver.program.native_step(solver.algorithm) is not None
-        rec.update(lowering=solver.lowering + ("+kernel" if fused else ""), seconds_per_step=statistics.median(times), compile_seconds=compile_s,
+        rec.update(lowering=solver.lowering + ("+kernel" if fused else "") + (f"/{edge}" if edge else ""),
+                   seconds_per_step=statistics.median(times), compile_seconds=compile_s,
                    state_bytes=solver.state_bytes)
         mem = solver.backend._compiled.memory_analysis()
         if mem is not None:  # XLA's own accounting of the compiled update
@@ -149,8 +152,9 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--models", default="mlp1x128,mlp4x128+readout", help=f"of {','.join(MODELS)}")
     ap.add_argument("--algorithms", default="adam,dr,ap,ap:collapsed",
-                    help="comma-separated; ALGORITHM[:LOWERING], lowering materialized (default: with the native "
-                         "fused DR step where it applies), xla (materialized, XLA's code only) or collapsed")
+                    help="comma-separated; ALGORITHM[:LOWERING][@EDGE_DTYPE], lowering materialized (default: with the "
+                         "native fused DR step where it applies), xla (materialized, XLA's code only) or collapsed; "
+                         "edge dtype float16 or bfloat16 (--edge-dtype)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10, help="projection steps per update (K)")
     ap.add_argument("--updates", type=int, default=5, help="timed updates per configuration")
@@ -177,12 +181,12 @@ def main():
     adam = {r["model"]: r["seconds_per_step"] for r in results if r["algorithm"] == "adam"}
     if not args.json:
         print(f"copy bandwidth {bw / 1e9:.1f} GB/s; batch {args.batch}; K = {args.steps}; median over {args.updates} updates")
-        print(f"{'model':18s} {'alg':5s} {'lowering':12s} {'ms/step':>9s} {'x Adam':>7s} {'state MB':>9s} {'RSS+ MB':>8s} {'XLA tmp MB':>10s} {'/floor':>7s}")
+        print(f"{'model':18s} {'alg':5s} {'lowering':28s} {'ms/step':>9s} {'x Adam':>7s} {'state MB':>9s} {'RSS+ MB':>8s} {'XLA tmp MB':>10s} {'/floor':>7s}")
         for r in results:
             ratio = r["seconds_per_step"] / adam[r["model"]] if r["model"] in adam else float("nan")
             floor = f"{r['time_over_floor']:.1f}" if "time_over_floor" in r else ""
             tmp = f"{r['xla_temp_bytes'] / 2**20:.0f}" if "xla_temp_bytes" in r else ""
-            print(f"{r['model']:18s} {r['algorithm']:5s} {r['lowering']:12s} {r['seconds_per_step'] * 1e3:9.2f} {ratio:7.1f} "
+            print(f"{r['model']:18s} {r['algorithm']:5s} {r['lowering']:28s} {r['seconds_per_step'] * 1e3:9.2f} {ratio:7.1f} "
                   f"{r['state_bytes'] / 2**20:9.1f} {r['rss_growth_mb']:8.0f} {tmp:>10s} {floor:>7s}")
 
 

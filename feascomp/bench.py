@@ -46,7 +46,8 @@ from .errors import FeascompError, Loc, loc_in
 OPTIONS = {
     "algorithm": str, "updates": int, "max_seconds": float, "eval_every": int, "patience": int,
     "target_accuracy": float, "batch_size": int, "steps_per_batch": int, "learning_rate": float, "momentum": float,
-    "schedule": str, "relaxation": float, "beta": float, "lowering": str, "dtype": str, "weighted": bool,
+    "schedule": str, "relaxation": float, "beta": float, "lowering": str, "dtype": str, "edge_dtype": str,
+    "weighted": bool,
     "warm_start": bool, "no_fuse_kernels": bool, "validation": float, "seq_len": int, "data_limit": int,
 }
 

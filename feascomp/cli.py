@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                         "Ctrl-C writes one and exits 130")
     t.add_argument("--checkpoint-every", type=_positive, metavar="N", help="checkpoint every N updates (default: at each evaluation)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--edge-dtype", choices=["float16", "bfloat16", "float32", "float64"], metavar="DTYPE",
+                   help="store the edge state in float16 or bfloat16 (arithmetic in float32): half its memory; "
+                        "float16 keeps DR's accuracy, bfloat16 does not (default: --dtype; docs/performance.md)")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
     t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
     t.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized",
@@ -207,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--algorithm", choices=["ap", "dr", "cp", "dm"], default="dr",
                    help="the algorithm and lowering the memory and communication notes are for")
     d.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized")
+    d.add_argument("--edge-dtype", choices=["float16", "bfloat16", "float32"], metavar="DTYPE",
+                   help="the memory notes for edges stored in this dtype (as train --edge-dtype)")
     d.add_argument("--devices", type=_whole_number(1), metavar="N", help="the notes for a batch split over N devices")
     d.add_argument("--mesh", metavar="SPEC", help="the notes for a mesh data=N[,model=M]")
     return p
@@ -329,7 +334,7 @@ def _compile_for(args, ds):
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
                    lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels, max_memory=args.max_memory,
                    learning_rate=args.learning_rate, momentum=args.momentum, schedule=args.schedule,
-                   decay_steps=args.updates, mesh=args.mesh, devices=args.devices)
+                   decay_steps=args.updates, mesh=args.mesh, devices=args.devices, edge_dtype=args.edge_dtype)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 
@@ -648,7 +653,7 @@ def _dump(args) -> int:
     from .backends import mesh as meshes
 
     kw = dict(batch_size=args.batch_size, algorithm=args.algorithm, lowering=args.lowering, devices=args.devices,
-              mesh=meshes.parse(args.mesh) if args.mesh else None)
+              mesh=meshes.parse(args.mesh) if args.mesh else None, edge_dtype=args.edge_dtype)
     if args.no_identities:
         solver = compile(args.model, pipeline=NO_IDENTITIES_PIPELINE, **{**kw, "algorithm": "cp"})
     else:

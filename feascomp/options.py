@@ -17,6 +17,10 @@ from .passes import DEFAULT_PIPELINE
 
 GRADIENT_METHODS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
+# how a projection method's edge state may be stored (``edge_dtype``): as the arithmetic's
+# dtype, or for float32 arithmetic in a 16-bit type (half the state's memory traffic)
+EDGE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+NARROW_EDGE_DTYPES = ("float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ class CompileOptions:
     decay_steps: int = 1000
     mesh: tuple[tuple[str, int], ...] = ()  # (("data", n), ("model", m)); () and devices None: every device
     devices: int | None = None  # the data axis' size (``--devices N``), when no mesh is given
+    edge_dtype: str | None = None  # the edge state's storage dtype; None: ``dtype``
 
     @classmethod
     def make(cls, **kw) -> "CompileOptions":
@@ -92,6 +97,25 @@ class CompileOptions:
     def gradient(self) -> bool:
         return self.algorithm in GRADIENT_METHODS
 
+    def edge_storage(self) -> str:
+        """The dtype the edge state is stored in (``edge_dtype``, default ``dtype``), or the
+        reason it is refused."""
+        edge = self.edge_dtype or self.dtype
+        if edge == self.dtype:
+            return edge
+        if edge not in EDGE_DTYPES:
+            raise FeascompError(f"--edge-dtype must be one of {', '.join(EDGE_DTYPES)}, not {edge!r}")
+        why = next((w for w, bad in (
+            (f"{' and '.join(NARROW_EDGE_DTYPES)} edges take --dtype float32 arithmetic; other edges are --dtype's",
+             edge not in NARROW_EDGE_DTYPES or self.dtype != "float32"),
+            (f"{self.algorithm} has no edges", self.gradient),
+            ("the jax backend alone stores edges in another dtype", self.backend != "jax"),
+            ("the collapsed lowering stores values and coefficients, not edges", self.lowering != "materialized"),
+        ) if bad), None)
+        if why:
+            raise FeascompError(f"--edge-dtype {edge} is refused: {why}")
+        return edge
+
     def algorithm_object(self):
         """The algorithm these options name (before the plan is known): a projection
         method, or a gradient baseline; refused with the reason."""
@@ -123,9 +147,10 @@ class CompileOptions:
         naming what is refused."""
         alg = self.algorithm_object()
         spec = self.mesh_spec()
+        edge_dtype = self.edge_storage()
         if isinstance(alg, GradientMethod):
             return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fuse_order=None, carry=True,
-                            schedule="colours", mesh=spec)
+                            schedule="colours", mesh=spec, edge_dtype=edge_dtype)
         two = colours == 2
         why = LOWERINGS[self.lowering].refusals(alg, self, colours)
         if why:
@@ -145,7 +170,8 @@ class CompileOptions:
                 meshes.size(spec, "model") == 1:
             fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
         return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fuse_order=fuse_order,
-                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours", mesh=spec)
+                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours", mesh=spec,
+                        edge_dtype=edge_dtype)
 
 
 # The class order of the native fused DR step, by algorithm type: DR projects onto P0 then
@@ -168,6 +194,7 @@ class Resolved:
     carry: bool  # something carries between updates (edges under warm start, an optimizer's state)
     schedule: str  # "colours" (AP, DR, DM) or "layers" (CP)
     mesh: tuple = (("data", 1),)  # the device mesh's spec (backends/mesh.py)
+    edge_dtype: str = "float32"  # the edge state's storage dtype (arithmetic in the algorithm's dtype)
 
     def with_classes(self, classes: int) -> "Resolved":
         """CP cycles through the plan's backward-BFS layers: how many, once the lowering

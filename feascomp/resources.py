@@ -11,7 +11,9 @@ The estimate, per process (one device today; per device under a mesh later):
 - XLA temporaries: the projections' intermediate states inside the jitted update
   (P0(z), the reflection, P1(...)), at the largest ratio measured on the examples (the
   table is in docs/errors.md: peak less runtime was 0.9x to 3.4x the edge state, so
-  1 + TEMPORARIES_RATIO = 3.5);
+  1 + TEMPORARIES_RATIO = 3.5); with edges stored narrower than the arithmetic
+  (--edge-dtype) at the arithmetic's width, since the steps work on widened copies (measured
+  on the 1x32 CNN: float16 edges halve the state, XLA's temporaries fall by a quarter);
 - parameters: the model's values, their means, the previous update's and the host copy;
 - runtime: the Python process with JAX and XLA loaded, and the dataset.
 
@@ -84,10 +86,11 @@ class MemoryEstimate:
     families: tuple[tuple[str, int], ...] = ()
     devices: int = 1
     total_edge_state: int | None = None  # over every device (None: edge_state)
+    widening: float = 1.0  # the arithmetic's itemsize over the edges' (2 for float16 edges, float32 steps)
 
     @property
     def temporaries(self) -> int:
-        return int(self.edge_state * TEMPORARIES_RATIO)
+        return int(self.edge_state * self.widening * TEMPORARIES_RATIO)
 
     @property
     def peak(self) -> int:

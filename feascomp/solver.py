@@ -100,6 +100,7 @@ def compile(  # noqa: A001  (the public name users expect)
     decay_steps: int = 1000,
     mesh=None,
     devices: int | None = None,
+    edge_dtype: str | None = None,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -121,7 +122,10 @@ def compile(  # noqa: A001  (the public name users expect)
     anything large is allocated; feascomp/resources.py). ``mesh``: the devices to split the
     batch (``data``) and wide layers' units (``model``) over, as ``"data=4"``, ``{"data":
     4}``, a spec or a ``jax.sharding.Mesh``; ``devices``: N devices along the data axis;
-    neither: every device JAX sees (docs/distributed.md).
+    neither: every device JAX sees (docs/distributed.md). ``edge_dtype``: the edge state's
+    storage, ``dtype`` (default) or, with float32 arithmetic, ``float16`` or ``bfloat16``
+    (every step reads the edges widened and stores them rounded: half the state's memory
+    and its traffic; jax backend, materialized lowering).
 
     ``algorithm`` ``sgd`` or ``adam``: the gradient baseline on the same model (optax on
     the model's loss through ``jax.grad``; feascomp/gradient.py), with ``learning_rate``,
@@ -156,7 +160,7 @@ def compile(  # noqa: A001  (the public name users expect)
         beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend, warm_start=warm_start,
         monitor=monitor, elide_inputs=elide_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
         max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
-        decay_steps=decay_steps, mesh=mesh, devices=devices)
+        decay_steps=decay_steps, mesh=mesh, devices=devices, edge_dtype=edge_dtype)
     solver = compile_tensor(tensor, options)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
@@ -228,6 +232,10 @@ class Solver:
         # a sequence model's logits are [T, classes]: a label per position
         self.positions = tuple(tensor.types()[tensor.output].shape[:-1])
         itemsize = self.np_dtype.itemsize
+        from .backends.lowered import _np_dtype
+
+        self.edge_dtype = resolved.edge_dtype  # the edge state's storage (--edge-dtype)
+        self.edge_itemsize = edge_itemsize = _np_dtype(resolved.edge_dtype).itemsize
         # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
         self.carry = resolved.carry
         self.mesh = resolved.mesh
@@ -238,11 +246,12 @@ class Solver:
             self.memory = MemoryEstimate(edge_state=2 * values, params=params_bytes + 2 * params_bytes)
         else:
             self.memory = MemoryEstimate(
-                edge_state=sum(self.program.family_state_bytes(itemsize, per_device=True).values()),
+                edge_state=sum(self.program.family_state_bytes(edge_itemsize, per_device=True).values()),
                 params=params_bytes,
-                families=tuple(self.program.family_state_bytes(itemsize).items()),
+                families=tuple(self.program.family_state_bytes(edge_itemsize).items()),
                 devices=self.devices,
-                total_edge_state=self.program.state_bytes(itemsize),
+                total_edge_state=self.program.state_bytes(edge_itemsize),
+                widening=itemsize / edge_itemsize,
             )
         self.max_memory = options.max_memory
         self._memory_checked = False
@@ -470,13 +479,14 @@ class Solver:
         from .backends import mesh as meshes
 
         on = f" on each of {self.devices} devices ({meshes.spec_text(self.mesh)})" if self.devices > 1 else ""
-        lines = [f"// memory at batch {self.batch_size}{on} ({self.algorithm.name}, {self.lowering} lowering, {self.dtype}): "
+        lines = [f"// memory at batch {self.batch_size}{on} ({self.algorithm.name}, {self.lowering} lowering, {self.dtype}"
+                 f"{'' if self.edge_dtype == self.dtype else f', edges {self.edge_dtype}'}): "
                  f"edge state {m.edge_state} B, XLA temporaries ~{m.temporaries} B, parameters {m.params} B; "
                  f"estimated peak {resources.fmt_bytes(m.peak)}"]
         if self.devices == 1:
             lines += [f"//   %{name}: {nbytes} B" for name, nbytes in m.families if nbytes]
             return "\n".join(lines) + "\n"
-        device = self.program.family_state_bytes(self.np_dtype.itemsize, per_device=True)
+        device = self.program.family_state_bytes(self.edge_itemsize, per_device=True)
         for name, nbytes in m.families:
             if nbytes:
                 how = "split along the batch" if device[name] < nbytes else "the same on every device"

@@ -138,6 +138,7 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "steps_per_batch": solver.steps,
         "batch_size": solver.batch_size,
         "dtype": solver.dtype,
+        "edge_dtype": solver.edge_dtype,
         "evaluated_on": split,
         "train_accuracy": solver.accuracy(chosen, ds.x_train, ds.y_train),
         "test_accuracy": solver.accuracy(chosen, ds.x_test, ds.y_test),

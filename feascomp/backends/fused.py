@@ -47,10 +47,12 @@ class FusedSums(Storage):
 
     kind = "edges, fused DR"
 
-    def __init__(self, analysis, info, rows: list, cols: list, order: tuple[int, int], first: bool, mesh=None):
+    def __init__(self, analysis, info, rows: list, cols: list, order: tuple[int, int], first: bool, mesh=None,
+                 store=None):
         super().__init__(analysis, info)
         self.rows, self.cols, self.order, self.first = list(rows), list(cols), order, first
         self.mesh = mesh  # a device mesh: the kernels run on each device's rows (per_shard)
+        self.store = store  # the edges' storage dtype where narrower than the arithmetic's (--edge-dtype), or None
         self.summed = [] if first else [e for e in self.rows + self.cols if not analysis.is_const(e.src)]
         # nodes [*lead, m] as the kernels' [rows, m]: a conv's [N, Ho, Wo, Co] as N*Ho*Wo rows
         shape = info.family.type.shape
@@ -78,6 +80,8 @@ class FusedSums(Storage):
         for e in self.summed:
             count = math.prod(n for a, n in enumerate(e.type.shape) if a not in _final(e).src_axes)
             v = _stepped(xp, e, vals[e.src], data)
+            if self.store is not None:  # the sum of the edges as stored: copies of the rounded value
+                v = v.astype(self.store).astype(v.dtype)
             z[SUM + e.key] = v * xp.asarray(count, v.dtype)
 
     def state_keys(self) -> list[str]:
@@ -193,7 +197,7 @@ def per_shard(mesh, fn, ins, outs):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs(ins), out_specs=specs(outs), check_vma=False)
 
 
-def fusable(analysis, info, order, mesh=None) -> FusedSums | None:
+def fusable(analysis, info, order, mesh=None, store=None) -> FusedSums | None:
     """``info``'s family as a :class:`FusedSums` if the native step can take it (module
     docstring), else None. The caller checks that the kernel builds (:func:`available`)."""
     f = info.family
@@ -210,7 +214,8 @@ def fusable(analysis, info, order, mesh=None) -> FusedSums | None:
     if any(_final(e).src_axes != tuple(range(r - 1)) + (r,) for e in rows) or \
             any(_final(e).src_axes != (r, r - 1) for e in cols):
         return None
-    return FusedSums(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh)
+    return FusedSums(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh,
+                     store=store)
 
 
 def available() -> bool:

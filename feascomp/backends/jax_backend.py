@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from . import mesh as meshes
+from .fused import FusedSums
 from .program import TrackedState
 
 
@@ -34,6 +35,12 @@ class JaxBackend:
         # faults cost ~17 ms per 100 MB, more than the copy itself
         self._spare_keys = list(lowered.program.buffer_keys)
         self.mesh = meshes.build(lowered.resolved.mesh)
+        # --edge-dtype: the edges are stored in a narrower dtype than the arithmetic's. Every
+        # step reads them widened and stores them rounded (the native kernels read and write
+        # their own families' edges in the storage dtype directly)
+        self._edge_keys = frozenset(e.key for e in lowered.plan.edges) \
+            if lowered.edge_np_dtype != lowered.np_dtype else frozenset()
+        self._native_keys = frozenset(k for f in lowered.program.strategies(FusedSums).values() for k in f.edge_keys)
 
     # the mesh -------------------------------------------------------------------------------
     def _sharding(self, spec=()):
@@ -51,6 +58,22 @@ class JaxBackend:
         if self.mesh is None:
             return z
         return jax.lax.with_sharding_constraint(z, _like(z, lambda k, v: self.state_sharding(k, v.shape)))
+
+    def _stored(self, z):
+        """The state as stored: its edges rounded to the edge dtype."""
+        if not self._edge_keys:
+            return z
+        dtype = self.lowered.edge_np_dtype
+        return _like(z, lambda k, v: v.astype(dtype) if k in self._edge_keys else v)
+
+    def _widened(self, z, native: bool):
+        """The state for the step's arithmetic: its edges in the compute dtype, but for the
+        native kernels' own edges when ``native`` (they read the storage dtype)."""
+        if not self._edge_keys:
+            return z
+        dtype = self.lowered.np_dtype
+        keep = self._native_keys if native else frozenset()
+        return _like(z, lambda k, v: v.astype(dtype) if k in self._edge_keys and k not in keep else v)
 
     def _global(self, params, x, onehot):
         """Arguments as global arrays across processes (each process holds its rows of the
@@ -92,7 +115,7 @@ class JaxBackend:
         def update(params, x, onehot, z=None, spare=None):
             data = prog.with_degrees(jnp, {input_name: x, "__labels__": onehot})
             if z is None:
-                z = prog.init_edges(jnp, prog.forward_values(jnp, params, data), data, spare)
+                z = self._stored(prog.init_edges(jnp, prog.forward_values(jnp, params, data), data, spare))
             z = self._constrain(z)
             combine = lambda fn, *zs: prog.combine(jnp, data, fn, *zs)  # noqa: E731
             distance = lambda a, b: prog.distance(jnp, a, b, data)  # noqa: E731
@@ -100,18 +123,20 @@ class JaxBackend:
 
             def body(z, i):
                 if native is not None:
-                    z, r = native(jnp, z, data)
+                    z, r = native(jnp, self._widened(z, True), data)
                 else:
-                    z, r = alg.step(jnp, prog.projector(jnp, data, i), z, distance, combine)
-                z = self._constrain(z)
+                    z, r = alg.step(jnp, prog.projector(jnp, data, i), self._widened(z, False), distance, combine)
+                z = self._constrain(self._stored(z))
                 out = {"step": r}
                 if monitor:
-                    out["family"] = prog.family_distances(jnp, alg.shadow(prog.projector(jnp, data, i), z, combine), data)
+                    out["family"] = prog.family_distances(
+                        jnp, alg.shadow(prog.projector(jnp, data, i), self._widened(z, False), combine), data)
                 return z, out
 
             z, residuals = jax.lax.scan(body, z, jnp.arange(K))
             shadow_fn = prog.native_shadow(alg)
-            shadow = shadow_fn(jnp, z, data) if shadow_fn is not None else alg.shadow(prog.projector(jnp, data, K), z, combine)
+            shadow = shadow_fn(jnp, self._widened(z, True), data) if shadow_fn is not None else \
+                alg.shadow(prog.projector(jnp, data, K), self._widened(z, False), combine)
             return prog.param_means(jnp, shadow, params, data), residuals, z
 
         return update
@@ -129,7 +154,7 @@ class JaxBackend:
 
         shapes = {e.key: e.type.shape for e in self.lowered.plan.edges}
         sharding = (lambda k: self.state_sharding(k, shapes[k])) if self.mesh is not None else (lambda k: None)
-        return {k: jax.ShapeDtypeStruct(shapes[k], self.lowered.np_dtype, sharding=sharding(k))
+        return {k: jax.ShapeDtypeStruct(shapes[k], self.lowered.edge_np_dtype, sharding=sharding(k))
                 for k in self._spare_keys}
 
     def _jit(self, fn, params, warm: bool = False, **kw):

@@ -31,6 +31,8 @@ class Lowered:
     weighted = property(lambda self: self.options.weighted)
     dtype = property(lambda self: self.options.dtype)
     np_dtype = property(lambda self: np.dtype(self.options.dtype))
+    # the edge state's storage (--edge-dtype): the arithmetic's dtype, or float16/bfloat16
+    edge_np_dtype = property(lambda self: _np_dtype(self.resolved.edge_dtype))
     loss_options = property(lambda self: dict(self.options.loss_options))
 
     def precision(self):
@@ -44,3 +46,11 @@ class Lowered:
         """Zeros shaped like one batch (inputs, one-hot labels), for ahead-of-time compiles."""
         return (np.zeros((self.batch_size,) + tuple(self.input_shape), self.input_dtype),
                 np.zeros((self.batch_size,) + tuple(self.positions) + (self.num_classes,), self.np_dtype))
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

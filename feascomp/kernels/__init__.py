@@ -29,14 +29,28 @@ import threading
 from pathlib import Path
 
 SOURCES = {"dot_project": Path(__file__).with_name("dot_project.cc")}
-# the XLA FFI targets each library defines, per function and dtype
+# the XLA FFI targets each library defines, per function and dtype: the compute dtype, or
+# for the edge kernels "compute/storage" where the edges are stored in a 16-bit type
+# (--edge-dtype: float16 or bfloat16, arithmetic in float32)
+_EDGE_STORAGE = {"float32": "f32", "float64": "f64", "float32/float16": "f32_f16", "float32/bfloat16": "f32_bf16"}
 TARGETS = {"dot_project": {
     "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
-    "dot_dr_step": {"float32": "feascomp_dot_dr_step_f32", "float64": "feascomp_dot_dr_step_f64"},
-    "dot_dr_project": {"float32": "feascomp_dot_dr_project_f32", "float64": "feascomp_dot_dr_project_f64"},
-    "dot_dr_update": {"float32": "feascomp_dot_dr_update_f32", "float64": "feascomp_dot_dr_update_f64"},
-    "fill": {"float32": "feascomp_fill_f32", "float64": "feascomp_fill_f64"},
+    **{fn: {k: f"feascomp_{fn}_{v}" for k, v in _EDGE_STORAGE.items()}
+       for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill")},
 }}
+
+
+def _target(fn: str, compute, storage) -> str:
+    """The FFI target of edge kernel ``fn`` for arithmetic in ``compute`` on edges stored as
+    ``storage`` (numpy dtypes or their names)."""
+    compute, storage = str(compute), str(storage)
+    key = compute if storage == compute else f"{compute}/{storage}"
+    try:
+        return TARGETS["dot_project"][fn][key]
+    except KeyError:
+        raise ValueError(f"{fn}: no kernel for {storage} edges with {compute} arithmetic") from None
+
+
 # -fopenmp-simd: honour the source's `omp simd reduction` loops (vectorised sums) without
 # OpenMP's runtime or any global fast-math
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
@@ -146,14 +160,16 @@ def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):
     ``dr_step``): za, zb [N, m, n]; pa [N, n], pb [m, n] (the edges' values under the other
     colour's projection); c0, w [N, m]; relax a scalar. Returns (za', zb', y [N, m],
     moved [N, m], sum over m of za' [N, n], per-group sums over N of zb' [groups, m, n]).
-    Call :func:`load` first."""
+    za, zb may be stored in float16 or bfloat16 with the rest float32 (--edge-dtype): the
+    arithmetic is float32 on the widened edges, za' and zb' come back rounded in the edges'
+    dtype, and the sums are of them as stored. Call :func:`load` first."""
     import jax
     import jax.numpy as jnp
 
-    dtype = za.dtype
+    dtype = c0.dtype  # the arithmetic's; the edges may be stored in a 16-bit type
     N, m, n = za.shape
-    target = TARGETS["dot_project"]["dot_dr_step"][str(dtype)]
-    out = (jax.ShapeDtypeStruct(za.shape, dtype), jax.ShapeDtypeStruct(zb.shape, dtype),
+    target = _target("dot_dr_step", dtype, za.dtype)
+    out = (jax.ShapeDtypeStruct(za.shape, za.dtype), jax.ShapeDtypeStruct(zb.shape, zb.dtype),
            jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m), dtype),
            jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
     call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
@@ -169,9 +185,9 @@ def dot_dr_project(za, zb, c0, w, groups: int, reflect: bool = True):
     import jax
     import jax.numpy as jnp
 
-    dtype = za.dtype
+    dtype = c0.dtype
     N, m, n = za.shape
-    target = TARGETS["dot_project"]["dot_dr_project"][str(dtype)]
+    target = _target("dot_dr_project", dtype, za.dtype)
     out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m, 6), dtype),
            jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
     mix = jnp.asarray([2, 1] if reflect else [1, 0], dtype)
@@ -185,10 +201,10 @@ def dot_dr_update(za, zb, coef, va, vb, relax):
     import jax
     import jax.numpy as jnp
 
-    dtype = za.dtype
+    dtype = coef.dtype
     N, m, n = za.shape
-    target = TARGETS["dot_project"]["dot_dr_update"][str(dtype)]
-    out = (jax.ShapeDtypeStruct(za.shape, dtype), jax.ShapeDtypeStruct(zb.shape, dtype),
+    target = _target("dot_dr_update", dtype, za.dtype)
+    out = (jax.ShapeDtypeStruct(za.shape, za.dtype), jax.ShapeDtypeStruct(zb.shape, zb.dtype),
            jax.ShapeDtypeStruct((N, m), dtype))
     call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
     return call(za, zb, coef, va, vb, jnp.asarray(relax, dtype))
@@ -196,11 +212,12 @@ def dot_dr_update(za, zb, coef, va, vb, relax):
 
 def fill(donor, src, by_row: bool):
     """``donor`` [N, m, n] overwritten in place (its buffer reused) with copies of ``src``:
-    out[i, j] = src[i] (``by_row``, src [N, n]) or src[j] (src [m, n])."""
+    out[i, j] = src[i] (``by_row``, src [N, n]) or src[j] (src [m, n]), rounded to the
+    donor's dtype where it is a 16-bit edge storage."""
     import jax
     import jax.numpy as jnp
 
-    target = TARGETS["dot_project"]["fill"][str(donor.dtype)]
+    target = _target("fill", src.dtype, donor.dtype)
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(donor.shape, donor.dtype), input_output_aliases={0: 0},
                             vmap_method="sequential")
-    return call(donor, src, jnp.asarray([1 if by_row else 0], donor.dtype))
+    return call(donor, src, jnp.asarray([1 if by_row else 0], src.dtype))

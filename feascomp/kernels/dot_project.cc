@@ -16,7 +16,12 @@
 #include <cstdint>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -25,6 +30,138 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: 2 x 256 x n values stay in L2 for n <= 256
+
+// Edge storage (the DR kernels' za, zb; --edge-dtype): the compute type T itself, or a
+// 16-bit type held as its bits -- `half` (IEEE binary16) or `bf16` (bfloat16) -- with the
+// arithmetic in float. The conversions are integer and float operations the compiler
+// vectorises (GCC 12 does not vectorise _Float16 conversions), rounding to nearest even
+// and keeping infinities and NaNs; no float subnormal is formed, so they do not depend on
+// the thread's flush-to-zero mode.
+struct half {};
+struct bf16 {};
+template <typename S>
+struct Raw {
+  using type = S;
+};
+template <>
+struct Raw<half> {
+  using type = uint16_t;
+};
+template <>
+struct Raw<bf16> {
+  using type = uint16_t;
+};
+template <typename S>
+using R = typename Raw<S>::type;
+
+inline float bits_float(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+template <typename T, typename S>
+struct Conv {
+  static T load(R<S> v) { return T(v); }
+  static R<S> store(T v) { return R<S>(v); }
+};
+template <>
+struct Conv<float, bf16> {
+  static float load(uint16_t v) { return bits_float(uint32_t(v) << 16); }
+  static uint16_t store(float f) {
+    const uint32_t u = float_bits(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;  // quiet, never rounded into an infinity
+    return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
+};
+template <>
+struct Conv<float, half> {
+  static float load(uint16_t h) {
+    const uint32_t em = uint32_t(h & 0x7fffu) << 13;  // exponent and mantissa in float's place
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+    const uint32_t exp = em & (0x7c00u << 13);
+    const uint32_t normal = em + ((127u - 15u) << 23);
+    const uint32_t special = normal + ((128u - 16u) << 23);  // infinity, NaN
+    // a subnormal half: renormalised by a float subtraction of normal numbers
+    const uint32_t sub = float_bits(bits_float(normal + (1u << 23)) - bits_float(113u << 23));
+    const uint32_t out = exp == (0x7c00u << 13) ? special : exp == 0 ? sub : normal;
+    return bits_float(out | sign);
+  }
+  static uint16_t store(float f) {
+    uint32_t u = float_bits(f);
+    const uint32_t sign = u & 0x80000000u;
+    u ^= sign;
+    const uint32_t big = u > 0x7f800000u ? 0x7e00u : 0x7c00u;  // NaN, or infinity (overflow)
+    // below half's smallest normal: float addition of 0.5 rounds at the subnormal's step
+    const uint32_t sub = float_bits(bits_float(u) + 0.5f) - (126u << 23);
+    const uint32_t normal = (u + ((15u - 127u) << 23) + 0xfffu + ((u >> 13) & 1u)) >> 13;
+    const uint32_t out = u >= (143u << 23) ? big : u < (113u << 23) ? sub : normal;
+    return uint16_t(out | (sign >> 16));
+  }
+};
+
+// A row of edges for the arithmetic: the stored row itself when it is stored in T, else
+// widened into ``scratch`` (n values).
+template <typename T, typename S>
+inline const T* widened(const R<S>* row, T* scratch, int64_t n) {
+  if constexpr (std::is_same_v<R<S>, T>) {
+    return row;
+  } else {
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<S, half> && std::is_same_v<T, float>) {
+      for (; t + 16 <= n; t += 16) {
+        _mm512_storeu_ps(scratch + t, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + t))));
+      }
+    }
+#endif
+#pragma omp simd
+    for (int64_t u = t; u < n; ++u) scratch[u] = Conv<T, S>::load(row[u]);
+    return scratch;
+  }
+}
+
+// Where the arithmetic writes a row of new edges: the stored row when it is stored in T, else
+// ``scratch`` (then :func:`store_row`).
+template <typename T, typename S>
+inline T* output_row(R<S>* row, T* scratch) {
+  if constexpr (std::is_same_v<R<S>, T>) {
+    return row;
+  } else {
+    return scratch;
+  }
+}
+
+// The new edges computed into ``scratch`` stored into ``row``, rounded, and ``scratch`` left
+// holding the values as stored (the sums the producers read are of those).
+template <typename T, typename S>
+inline void store_row(T* scratch, R<S>* row, int64_t n) {
+  if constexpr (!std::is_same_v<R<S>, T>) {
+    int64_t t = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<S, half> && std::is_same_v<T, float>) {
+      for (; t + 16 <= n; t += 16) {
+        const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(scratch + t), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + t), h);
+        _mm512_storeu_ps(scratch + t, _mm512_cvtph_ps(h));
+      }
+    }
+#endif
+#pragma omp simd
+    for (int64_t u = t; u < n; ++u) {
+      row[u] = Conv<T, S>::store(scratch[u]);
+      scratch[u] = Conv<T, S>::load(row[u]);
+    }
+  }
+}
+
+
 
 template <typename T>
 struct Consts {
@@ -198,13 +335,17 @@ constexpr int64_t kLine = 64 / sizeof(T);  // values per cache line
 template <typename T>
 constexpr int64_t kAhead = 128 * kLine<T>;  // how far ahead a streaming pass prefetches (8 KB: measured best)
 
-template <typename T>
-void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T* zb, const T* __restrict pa,
-             const T* __restrict pb, const T* __restrict c0, const T* __restrict w, T two_r, T* oa, T* ob,
+template <typename T, typename S>
+void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* za, const R<S>* zb, const T* __restrict pa,
+             const T* __restrict pb, const T* __restrict c0, const T* __restrict w, T two_r, R<S>* oa, R<S>* ob,
              T* __restrict y, T* __restrict res, T* __restrict sa, T* __restrict sb) {
   const Consts<T> c;
   alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
   Coefficients<T> k;
+  constexpr bool wide = std::is_same_v<R<S>, T>;  // edges stored as T: no scratch rows
+  std::vector<T> scratch(wide ? 0 : 2 * n);
+  T* const wx = scratch.data();
+  T* const wv = wx + (wide ? 0 : n);
   for (int64_t i = i0; i < i1; ++i) {
     const T* pai = pa + i * n;
     T* sai = sa + i * n;
@@ -213,8 +354,8 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
       const int64_t cnt = std::min(kNodes, m - j0);
       for (int64_t r = 0; r < cnt; ++r) {
         const int64_t node = i * m + j0 + r;
-        const T* x = za + node * n;
-        const T* v = zb + node * n;
+        const T* x = widened<T, S>(za + node * n, wx, n);
+        const T* v = widened<T, S>(zb + node * n, wv, n);
         const T* pbj = pb + (j0 + r) * n;
         T s_p = 0, s_q = 0;
 #pragma omp simd reduction(+ : s_p, s_q)
@@ -235,10 +376,10 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
       k.compute(cnt, A2, B2, Z0, W, lam, c);
       for (int64_t r = 0; r < cnt; ++r) {
         const int64_t node = i * m + j0 + r;
-        const T* x = za + node * n;
-        const T* v = zb + node * n;
-        T* xa = oa + node * n;
-        T* xb = ob + node * n;
+        const T* x = widened<T, S>(za + node * n, wx, n);
+        const T* v = widened<T, S>(zb + node * n, wv, n);
+        T* xa = output_row<T, S>(oa + node * n, wx);  // in place over the widened row
+        T* xb = output_row<T, S>(ob + node * n, wv);
         const T* pbj = pb + (j0 + r) * n;
         T* sbj = sb + (j0 + r) * n;
         const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
@@ -251,14 +392,16 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
           const T na = x[0] + two_r * da, nb = v[0] + two_r * db;
           xa[0] = na;
           xb[0] = nb;
-          sai[0] += na;
-          sbj[0] += nb;
+          if constexpr (wide) {
+            sai[0] += na;
+            sbj[0] += nb;
+          }
           moved += da * da + db * db;
         }
         // while this block's rows are updated from cache, fetch the next block's (the same
         // rows cnt nodes on: nodes are contiguous), so memory and arithmetic overlap
-        const T* nx = x + cnt * n;
-        const T* nv = v + cnt * n;
+        const R<S>* nx = za + (node + cnt) * n;
+        const R<S>* nv = zb + (node + cnt) * n;
         for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {
           __builtin_prefetch(nx + t0);
           __builtin_prefetch(nv + t0);
@@ -272,9 +415,20 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
             const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
             xa[t] = na;
             xb[t] = nb;
-            sai[t] += na;
-            sbj[t] += nb;
+            if constexpr (wide) {
+              sai[t] += na;
+              sbj[t] += nb;
+            }
             moved += da * da + db * db;
+          }
+        }
+        if constexpr (!wide) {  // stored rounded; the sums are of the edges as stored
+          store_row<T, S>(wx, oa + node * n, n);
+          store_row<T, S>(wv, ob + node * n, n);
+#pragma omp simd
+          for (int64_t t = 0; t < n; ++t) {
+            sai[t] += wx[t];
+            sbj[t] += wv[t];
           }
         }
         y[node] = Z0[r];
@@ -295,13 +449,17 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T*
 //   dr_update: with va [N, n], vb [m, n] the producers' projected values, a and b recomputed
 //     from the coefficients: za += 2 r (va - a), zb += 2 r (vb - b) in place; returns the
 //     node's squared move |va - a|^2 + |vb - b|^2.
-template <typename T>
-void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict za, const T* __restrict zb,
+template <typename T, typename S>
+void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* __restrict za, const R<S>* __restrict zb,
                 const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict coef,
                 T* __restrict sa, T* __restrict sb) {
   const Consts<T> c;
   alignas(64) T A2[kBlock], B2[kBlock], Z0[kBlock], W[kBlock], winv[kBlock], lam[kBlock];
   Coefficients<T> k;
+  constexpr bool wide = std::is_same_v<R<S>, T>;
+  std::vector<T> scratch(wide ? 0 : 2 * n);
+  T* const wx = scratch.data();
+  T* const wv = wx + (wide ? 0 : n);
   for (int64_t i = i0; i < i1; ++i) {
     T* sai = sa + i * n;
     for (int64_t t = 0; t < n; ++t) sai[t] = 0;
@@ -309,8 +467,8 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restric
       const int64_t cnt = std::min(kNodes, m - j0);
       for (int64_t r = 0; r < cnt; ++r) {
         const int64_t node = i * m + j0 + r;
-        const T* x = za + node * n;
-        const T* v = zb + node * n;
+        const T* x = widened<T, S>(za + node * n, wx, n);
+        const T* v = widened<T, S>(zb + node * n, wv, n);
         T s_p = 0, s_q = 0;
 #pragma omp simd reduction(+ : s_p, s_q)
         for (int64_t t = 0; t < n; ++t) {
@@ -328,12 +486,12 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restric
       k.compute(cnt, A2, B2, Z0, W, lam, c);
       for (int64_t r = 0; r < cnt; ++r) {
         const int64_t node = i * m + j0 + r;
-        const T* x = za + node * n;
-        const T* v = zb + node * n;
+        const T* x = widened<T, S>(za + node * n, wx, n);
+        const T* v = widened<T, S>(zb + node * n, wv, n);
         T* sbj = sb + (j0 + r) * n;
         const T as_ = k.kas[r], ad = k.kad[r], bs = k.kbs[r], bd = k.kbd[r];
-        const T* nx = x + cnt * n;  // the next block's rows, fetched meanwhile (as in dr_rows)
-        const T* nv = v + cnt * n;
+        const R<S>* nx = za + (node + cnt) * n;  // the next block's rows, fetched meanwhile (as in dr_rows)
+        const R<S>* nv = zb + (node + cnt) * n;
         for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) {
           __builtin_prefetch(nx + t0);
           __builtin_prefetch(nv + t0);
@@ -362,17 +520,23 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restric
   }
 }
 
-template <typename T>
-void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, const T* zb, const T* __restrict coef,
-                 const T* __restrict va, const T* __restrict vb, T two_r, T* oa, T* ob, T* __restrict res) {
+template <typename T, typename S>
+void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* za, const R<S>* zb, const T* __restrict coef,
+                 const T* __restrict va, const T* __restrict vb, T two_r, R<S>* oa, R<S>* ob, T* __restrict res) {
+  constexpr bool wide = std::is_same_v<R<S>, T>;
+  std::vector<T> scratch(wide ? 0 : 2 * n);
+  T* const wx = scratch.data();
+  T* const wv = wx + (wide ? 0 : n);
   for (int64_t i = i0; i < i1; ++i) {
     const T* vai = va + i * n;
     for (int64_t j = 0; j < m; ++j) {
       const int64_t node = i * m + j;
-      const T* x = za + node * n;
-      const T* v = zb + node * n;
-      T* xa = oa + node * n;
-      T* xb = ob + node * n;
+      const R<S>* sx = za + node * n;  // the stored rows (prefetched ahead)
+      const R<S>* sv = zb + node * n;
+      const T* x = widened<T, S>(sx, wx, n);
+      const T* v = widened<T, S>(sv, wv, n);
+      T* xa = output_row<T, S>(oa + node * n, wx);
+      T* xb = output_row<T, S>(ob + node * n, wv);
       const T* vbj = vb + j * n;
       const T* cf = coef + node * 6;
       const T as_ = cf[0], ad = cf[1], bs = cf[3], bd = cf[4];
@@ -386,8 +550,8 @@ void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, cons
         moved += da * da + db * db;
       }
       for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {  // prefetching ahead: 24 -> 18 ms on one core
-        __builtin_prefetch(x + t0 + kAhead<T>);
-        __builtin_prefetch(v + t0 + kAhead<T>);
+        __builtin_prefetch(sx + t0 + kAhead<T>);
+        __builtin_prefetch(sv + t0 + kAhead<T>);
         const int64_t t1 = std::min(n, t0 + kLine<T>);
 #pragma omp simd reduction(+ : moved)
         for (int64_t t = t0; t < t1; ++t) {
@@ -399,6 +563,8 @@ void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* za, cons
           moved += da * da + db * db;
         }
       }
+      store_row<T, S>(wx, oa + node * n, n);
+      store_row<T, S>(wv, ob + node * n, n);
       res[node] = moved;
     }
   }
@@ -462,9 +628,9 @@ void over_groups(int64_t G, int64_t threads, F run) {
   for (auto& th : pool) th.join();
 }
 
-template <typename T, ffi::DataType D>
-ffi::Error dr_step(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> pa, ffi::Buffer<D> pb, ffi::Buffer<D> c0,
-                   ffi::Buffer<D> w, ffi::Buffer<D> relax, ffi::ResultBuffer<D> oa, ffi::ResultBuffer<D> ob,
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_step(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> pa, ffi::Buffer<D> pb, ffi::Buffer<D> c0,
+                   ffi::Buffer<D> w, ffi::Buffer<D> relax, ffi::ResultBuffer<DS> oa, ffi::ResultBuffer<DS> ob,
                    ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> res, ffi::ResultBuffer<D> sa,
                    ffi::ResultBuffer<D> sb) {
   // za, zb [N, m, n]; pa [N, n]; pb [m, n]; c0, w [N, m]; relax []; sb [G, m, n]
@@ -481,22 +647,24 @@ ffi::Error dr_step(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> pa, ffi:
     return ffi::Error::InvalidArgument("dot_dr_step: shapes disagree");
   }
   const T two_r = 2 * relax.typed_data()[0];
-  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *ppa = pa.typed_data(), *ppb = pb.typed_data();
+  const R<S> *pza = reinterpret_cast<const R<S>*>(za.typed_data()), *pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  const T *ppa = pa.typed_data(), *ppb = pb.typed_data();
   const T *pc = c0.typed_data(), *pw = w.typed_data();
-  T *qa = oa->typed_data(), *qb = ob->typed_data(), *py = y->typed_data(), *pr = res->typed_data();
+  R<S> *qa = reinterpret_cast<R<S>*>(oa->typed_data()), *qb = reinterpret_cast<R<S>*>(ob->typed_data());
+  T *py = y->typed_data(), *pr = res->typed_data();
   T *psa = sa->typed_data(), *psb = sb->typed_data();
   for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
   // group g: rows [g * per, (g + 1) * per); threads take groups in turn
   const int64_t per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    dr_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py, pr, psa,
+    dr_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py, pr, psa,
          psb + g * m * n);
   });
   return ffi::Error::Success();
 }
 
-template <typename T, ffi::DataType D>
-ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w, ffi::Buffer<D> mix,
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_project(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w, ffi::Buffer<D> mix,
                       ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> coef, ffi::ResultBuffer<D> sa,
                       ffi::ResultBuffer<D> sb) {
   auto dims = za.dimensions();
@@ -509,21 +677,22 @@ ffi::Error dr_project(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> c0, f
       gdims[2] != n) {
     return ffi::Error::InvalidArgument("dot_dr_project: shapes disagree");
   }
-  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
+  const R<S> *pza = reinterpret_cast<const R<S>*>(za.typed_data()), *pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  const T *pc = c0.typed_data(), *pw = w.typed_data();
   const T k1 = mix.typed_data()[0], k0 = mix.typed_data()[1];
   T *py = y->typed_data(), *pcf = coef->typed_data(), *psa = sa->typed_data(), *psb = sb->typed_data();
   for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
   const int64_t per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    first_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, k1, k0, py, pcf, psa,
+    first_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, k1, k0, py, pcf, psa,
                   psb + g * m * n);
   });
   return ffi::Error::Success();
 }
 
-template <typename T, ffi::DataType D>
-ffi::Error dr_update(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> coef, ffi::Buffer<D> va,
-                     ffi::Buffer<D> vb, ffi::Buffer<D> relax, ffi::ResultBuffer<D> oa, ffi::ResultBuffer<D> ob,
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_update(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> coef, ffi::Buffer<D> va,
+                     ffi::Buffer<D> vb, ffi::Buffer<D> relax, ffi::ResultBuffer<DS> oa, ffi::ResultBuffer<DS> ob,
                      ffi::ResultBuffer<D> res) {
   auto dims = za.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_update: za must be [N, m, n]");
@@ -534,13 +703,14 @@ ffi::Error dr_update(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> coef, 
     return ffi::Error::InvalidArgument("dot_dr_update: shapes disagree");
   }
   const T two_r = 2 * relax.typed_data()[0];
-  const T *pza = za.typed_data(), *pzb = zb.typed_data(), *pcf = coef.typed_data(), *pva = va.typed_data(),
-          *pvb = vb.typed_data();
-  T *qa = oa->typed_data(), *qb = ob->typed_data(), *pr = res->typed_data();
+  const R<S> *pza = reinterpret_cast<const R<S>*>(za.typed_data()), *pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  const T *pcf = coef.typed_data(), *pva = va.typed_data(), *pvb = vb.typed_data();
+  R<S> *qa = reinterpret_cast<R<S>*>(oa->typed_data()), *qb = reinterpret_cast<R<S>*>(ob->typed_data());
+  T *pr = res->typed_data();
   const int64_t G = std::min<int64_t>(N, 16);
   const int64_t per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    update_rows<T>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pcf, pva, pvb, two_r, qa, qb, pr);
+    update_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pcf, pva, pvb, two_r, qa, qb, pr);
   });
   return ffi::Error::Success();
 }
@@ -548,8 +718,8 @@ ffi::Error dr_update(ffi::Buffer<D> za, ffi::Buffer<D> zb, ffi::Buffer<D> coef, 
 // out[i, j, :] = src[i, :] (src [N, n], rows = 1) or src[j, :] (src [m, n], rows = 0), written
 // into ``donor``'s buffer (aliased: the previous update's edges, so that a fresh update's
 // forward-pass edges do not pay for new memory's page faults).
-template <typename T, ffi::DataType D>
-ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, ffi::ResultBuffer<D> out) {
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error fill(ffi::Buffer<DS> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, ffi::ResultBuffer<DS> out) {
   auto dims = donor.dimensions();
   if (dims.size() != 3 || rows.element_count() != 1) return ffi::Error::InvalidArgument("fill: donor must be [N, m, n]");
   const int64_t N = dims[0], m = dims[1], n = dims[2];
@@ -558,13 +728,25 @@ ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, f
     return ffi::Error::InvalidArgument("fill: shapes disagree");
   }
   const T* ps = src.typed_data();
-  T* po = out->typed_data();
+  R<S>* po = reinterpret_cast<R<S>*>(out->typed_data());
   const int64_t G = std::min<int64_t>(N, 16), per = (N + G - 1) / G;
   over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    // a narrower storage: each source row rounded once (into ``stored``), then copied
+    std::vector<R<S>> stored(std::is_same_v<R<S>, T> ? 0 : n);
+    std::vector<T> scratch(stored.size());
     for (int64_t i = std::min(N, g * per); i < std::min(N, (g + 1) * per); ++i) {
       for (int64_t j = 0; j < m; ++j) {
         const T* row = ps + (by_row ? i : j) * n;
-        std::copy(row, row + n, po + (i * m + j) * n);
+        R<S>* to = po + (i * m + j) * n;
+        if constexpr (std::is_same_v<R<S>, T>) {
+          std::copy(row, row + n, to);
+        } else {
+          if (j == 0 || !by_row) {
+            std::copy(row, row + n, scratch.begin());
+            store_row<T, S>(scratch.data(), stored.data(), n);
+          }
+          std::copy(stored.begin(), stored.end(), to);
+        }
       }
     }
   });
@@ -573,10 +755,12 @@ ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, f
 
 }  // namespace
 
-// The handlers' bindings: A buffer arguments and R buffer results, all of dtype D (written
-// out by the preprocessor: a Binding is only built in one chained expression).
+// The handlers' bindings: A buffer arguments and R buffer results of dtype D, the edge
+// buffers (E of each, first) of dtype DS (written out by the preprocessor: a Binding is
+// only built in one chained expression).
 #define FEASCOMP_ARG(D) .Arg<ffi::Buffer<D>>()
 #define FEASCOMP_RET(D) .Ret<ffi::Buffer<D>>()
+#define FEASCOMP_REP0(X, D)
 #define FEASCOMP_REP1(X, D) X(D)
 #define FEASCOMP_REP2(X, D) FEASCOMP_REP1(X, D) X(D)
 #define FEASCOMP_REP3(X, D) FEASCOMP_REP2(X, D) X(D)
@@ -589,14 +773,27 @@ ffi::Error fill(ffi::Buffer<D> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, f
 #define FEASCOMP_HANDLER(symbol, impl, T, D, A, R) \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (impl<T, D>),    \
                                 ffi::Ffi::Bind() FEASCOMP_REP##A(FEASCOMP_ARG, D) FEASCOMP_REP##R(FEASCOMP_RET, D));
+// ... and per edge storage S (dtype DS): E edge arguments then A others, E edge results then R.
+#define FEASCOMP_EDGES(symbol, impl, T, S, D, DS, EA, A, ER, R)                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, (impl<T, S, D, DS>),                                         \
+                                ffi::Ffi::Bind() FEASCOMP_REP##EA(FEASCOMP_ARG, DS) FEASCOMP_REP##A(FEASCOMP_ARG, D) \
+                                    FEASCOMP_REP##ER(FEASCOMP_RET, DS) FEASCOMP_REP##R(FEASCOMP_RET, D));
 
 FEASCOMP_HANDLER(feascomp_dot_project_f32, project, float, ffi::F32, 4, 3)
 FEASCOMP_HANDLER(feascomp_dot_project_f64, project, double, ffi::F64, 4, 3)
-FEASCOMP_HANDLER(feascomp_dot_dr_step_f32, dr_step, float, ffi::F32, 7, 6)
-FEASCOMP_HANDLER(feascomp_dot_dr_step_f64, dr_step, double, ffi::F64, 7, 6)
-FEASCOMP_HANDLER(feascomp_dot_dr_project_f32, dr_project, float, ffi::F32, 5, 4)
-FEASCOMP_HANDLER(feascomp_dot_dr_project_f64, dr_project, double, ffi::F64, 5, 4)
-FEASCOMP_HANDLER(feascomp_dot_dr_update_f32, dr_update, float, ffi::F32, 6, 3)
-FEASCOMP_HANDLER(feascomp_dot_dr_update_f64, dr_update, double, ffi::F64, 6, 3)
-FEASCOMP_HANDLER(feascomp_fill_f32, fill, float, ffi::F32, 3, 1)
-FEASCOMP_HANDLER(feascomp_fill_f64, fill, double, ffi::F64, 3, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_step_f32, dr_step, float, float, ffi::F32, ffi::F32, 2, 5, 2, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_step_f64, dr_step, double, double, ffi::F64, ffi::F64, 2, 5, 2, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_step_f32_f16, dr_step, float, half, ffi::F32, ffi::F16, 2, 5, 2, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_step_f32_bf16, dr_step, float, bf16, ffi::F32, ffi::BF16, 2, 5, 2, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_f32, dr_project, float, float, ffi::F32, ffi::F32, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_f64, dr_project, double, double, ffi::F64, ffi::F64, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_f32_f16, dr_project, float, half, ffi::F32, ffi::F16, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_f32_bf16, dr_project, float, bf16, ffi::F32, ffi::BF16, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_update_f32, dr_update, float, float, ffi::F32, ffi::F32, 2, 4, 2, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_f64, dr_update, double, double, ffi::F64, ffi::F64, 2, 4, 2, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_f32_f16, dr_update, float, half, ffi::F32, ffi::F16, 2, 4, 2, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_f32_bf16, dr_update, float, bf16, ffi::F32, ffi::BF16, 2, 4, 2, 1)
+FEASCOMP_EDGES(feascomp_fill_f32, fill, float, float, ffi::F32, ffi::F32, 1, 2, 1, 0)
+FEASCOMP_EDGES(feascomp_fill_f64, fill, double, double, ffi::F64, ffi::F64, 1, 2, 1, 0)
+FEASCOMP_EDGES(feascomp_fill_f32_f16, fill, float, half, ffi::F32, ffi::F16, 1, 2, 1, 0)
+FEASCOMP_EDGES(feascomp_fill_f32_bf16, fill, float, bf16, ffi::F32, ffi::BF16, 1, 2, 1, 0)
