@@ -111,6 +111,9 @@ def load(folder: str, expected: dict, carry_structure=None) -> dict | None:
     if leaves:
         structure = carry_structure() if carry_structure is not None else None
         want = jax.tree_util.tree_leaves(structure) if structure is not None else []
+        if len(want) == len(leaves):  # bfloat16 edges (--edge-dtype) come back from .npz as raw 2-byte values
+            leaves = [a.view(w.dtype) if a.dtype.kind == "V" and a.dtype.itemsize == np.dtype(w.dtype).itemsize else a
+                      for a, w in zip(leaves, want)]
         if len(want) != len(leaves) or any(tuple(a.shape) != tuple(w.shape) or a.dtype != w.dtype
                                            for a, w in zip(leaves, want)):
             raise FeascompError("the checkpoint's carried state does not fit this solver", where)

@@ -18,7 +18,7 @@ from .passes import DEFAULT_PIPELINE
 GRADIENT_METHODS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
 # how a projection method's edge state may be stored (``edge_dtype``): as the arithmetic's
-# dtype, or for float32 arithmetic in a 16-bit type (half the state's memory traffic)
+# dtype, or for float32 arithmetic in a 16-bit type (half the state's memory)
 EDGE_DTYPES = ("float32", "float64", "float16", "bfloat16")
 NARROW_EDGE_DTYPES = ("float16", "bfloat16")
 

@@ -232,10 +232,10 @@ class Solver:
         # a sequence model's logits are [T, classes]: a label per position
         self.positions = tuple(tensor.types()[tensor.output].shape[:-1])
         itemsize = self.np_dtype.itemsize
-        from .backends.lowered import _np_dtype
+        from .backends.lowered import np_dtype
 
         self.edge_dtype = resolved.edge_dtype  # the edge state's storage (--edge-dtype)
-        self.edge_itemsize = edge_itemsize = _np_dtype(resolved.edge_dtype).itemsize
+        self.edge_itemsize = edge_itemsize = np_dtype(resolved.edge_dtype).itemsize
         # what carries across updates: the edges under --warm-start, a gradient method's optimizer state
         self.carry = resolved.carry
         self.mesh = resolved.mesh

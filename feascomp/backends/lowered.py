@@ -32,7 +32,7 @@ class Lowered:
     dtype = property(lambda self: self.options.dtype)
     np_dtype = property(lambda self: np.dtype(self.options.dtype))
     # the edge state's storage (--edge-dtype): the arithmetic's dtype, or float16/bfloat16
-    edge_np_dtype = property(lambda self: _np_dtype(self.resolved.edge_dtype))
+    edge_np_dtype = property(lambda self: np_dtype(self.resolved.edge_dtype))
     loss_options = property(lambda self: dict(self.options.loss_options))
 
     def precision(self):
@@ -48,7 +48,8 @@ class Lowered:
                 np.zeros((self.batch_size,) + tuple(self.positions) + (self.num_classes,), self.np_dtype))
 
 
-def _np_dtype(name: str) -> np.dtype:
+def np_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a dtype name (bfloat16: ml_dtypes', which JAX uses)."""
     if name == "bfloat16":
         import ml_dtypes
 

@@ -27,6 +27,7 @@ from . import fused
 from . import mesh as meshes
 from .analysis import FamilyInfo, PlanAnalysis
 from .collapsed import SlotPlan, collapsible
+from .lowered import np_dtype
 from .program import Program
 from .storage import ElidedInputs, Storage
 
@@ -49,7 +50,7 @@ class Lowering:
     def storage(self, analysis: PlanAnalysis, info: FamilyInfo, resolved, slots) -> Storage:
         """The strategy that stores ``info``'s in-edges."""
         if resolved.fuse_order is not None and resolved.schedule == "colours" and len(analysis.classes) == 2:
-            store = None if resolved.edge_dtype in ("float32", "float64") else _narrow(resolved.edge_dtype)
+            store = None if resolved.edge_dtype in ("float32", "float64") else np_dtype(resolved.edge_dtype)
             found = fused.fusable(analysis, info, resolved.fuse_order, meshes.build(resolved.mesh), store)
             if found is not None:
                 return found
@@ -97,12 +98,6 @@ class Collapsed(Lowering):
     def storage(self, analysis, info, resolved, slots) -> Storage:
         found = collapsible(analysis, info, slots, resolved.elide_inputs)
         return found if found is not None else super().storage(analysis, info, resolved, slots)
-
-
-def _narrow(name: str):
-    from .lowered import _np_dtype
-
-    return _np_dtype(name)
 
 
 LOWERINGS: dict[str, Lowering] = {"materialized": Materialized(), "collapsed": Collapsed()}
