@@ -50,7 +50,7 @@ def steps_and_shape(draw):
     return Place(axis, start, start + shape[axis] + draw(st.integers(0, 3))), shape
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(steps_and_shape(), st.integers(0, 2**31 - 1))
 def test_map_steps_adjoint_matches_jax_linear_transpose(case, seed):
     step, shape = case
