@@ -161,8 +161,6 @@ inline void store_row(T* scratch, R<S>* row, int64_t n) {
   }
 }
 
-
-
 template <typename T>
 struct Consts {
   T eps = std::numeric_limits<T>::epsilon();
