@@ -62,6 +62,7 @@ class FusedSums(Storage):
             and len(shape) == 2
         self.buffer_keys = (self.rows[0].key, self.cols[0].key) if plain else ()
         self.edge_keys = tuple(e.key for e in self.rows + self.cols)
+        self.native_keys = self.edge_keys  # the kernels take them in the storage dtype (--edge-dtype)
 
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         """The edges (written into ``spare``'s buffers where given: the native ``fill``),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 from . import mesh as meshes
-from .fused import FusedSums
 from .program import TrackedState
 
 
@@ -40,7 +39,7 @@ class JaxBackend:
         # their own families' edges in the storage dtype directly)
         self._edge_keys = frozenset(e.key for e in lowered.plan.edges) \
             if lowered.edge_np_dtype != lowered.np_dtype else frozenset()
-        self._native_keys = frozenset(k for f in lowered.program.strategies(FusedSums).values() for k in f.edge_keys)
+        self._native_keys = lowered.program.native_keys
 
     # the mesh -------------------------------------------------------------------------------
     def _sharding(self, spec=()):

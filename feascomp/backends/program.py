@@ -77,6 +77,8 @@ class Program:
                 self.group_of.update((n, members) for n in members)
         self.tracks_writes = any(s.tracks_writes for s in storage.values())
         self.buffer_keys = sorted(k for s in storage.values() for k in getattr(s, "buffer_keys", ()))
+        # the edges a native step reads and writes in their storage dtype (--edge-dtype), not widened
+        self.native_keys = frozenset(k for s in storage.values() for k in getattr(s, "native_keys", ()))
         self.mesh_spec = mesh_spec  # (("data", n), ...): the device mesh the state is split over
         self.owner = {k: s for s in storage.values() for k in s.state_keys()}
 
