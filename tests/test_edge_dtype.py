@@ -136,6 +136,7 @@ def _digits_update(edge_dtype, fuse, steps=4):
     return solver, {k: np.asarray(p) for k, p in params.items()}, state, np.asarray(info["residual"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", sorted(STORES))
 def test_native_step_equals_xlas_step_with_the_same_storage(store):
     """The native DR step on 16-bit edges against XLA's step, which reads every edge widened
@@ -189,6 +190,7 @@ def test_refused_combinations_are_located_errors(flags, why, capsys):
     assert "--edge-dtype float16 is refused: " + why in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_float16_edges_train_like_float32(capsys):
     """Training with float16 edges reports its storage and reaches the float32 run's
     accuracy (digits, 10 updates of K = 10)."""
@@ -202,6 +204,7 @@ def test_float16_edges_train_like_float32(capsys):
     assert abs(reports["float16"]["test_accuracy"] - reports["float32"]["test_accuracy"]) < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", sorted(STORES))
 def test_warm_start_checkpoints_keep_narrow_edges(store, tmp_path):
     """Under --warm-start the carried edges are 16-bit; a run interrupted after its first
