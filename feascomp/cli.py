@@ -84,6 +84,7 @@ def _load_data(args):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .options import EDGE_DTYPES
     from .solver import STAGES
 
     p = argparse.ArgumentParser(prog="feascomp", description="Compile models into projection-based (gradient-free) solvers.")
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                         "Ctrl-C writes one and exits 130")
     t.add_argument("--checkpoint-every", type=_positive, metavar="N", help="checkpoint every N updates (default: at each evaluation)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--edge-dtype", choices=["float16", "bfloat16", "float32", "float64"], metavar="DTYPE",
+    t.add_argument("--edge-dtype", choices=EDGE_DTYPES, metavar="DTYPE",
                    help="store the edge state in float16 or bfloat16 (arithmetic in float32): half its memory; "
                         "float16 keeps DR's accuracy, bfloat16 does not (default: --dtype; docs/performance.md)")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
@@ -210,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--algorithm", choices=["ap", "dr", "cp", "dm"], default="dr",
                    help="the algorithm and lowering the memory and communication notes are for")
     d.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized")
-    d.add_argument("--edge-dtype", choices=["float16", "bfloat16", "float32"], metavar="DTYPE",
+    d.add_argument("--edge-dtype", choices=EDGE_DTYPES, metavar="DTYPE",
                    help="the memory notes for edges stored in this dtype (as train --edge-dtype)")
     d.add_argument("--devices", type=_whole_number(1), metavar="N", help="the notes for a batch split over N devices")
     d.add_argument("--mesh", metavar="SPEC", help="the notes for a mesh data=N[,model=M]")
