@@ -40,6 +40,7 @@ class CompileOptions:
     warm_start: bool = False
     monitor: bool = False
     elide_inputs: bool = True
+    fold_inputs: bool = True
     lowering: str = "materialized"
     fuse_kernels: bool = True
     max_memory: int | None = None
@@ -149,7 +150,8 @@ class CompileOptions:
         spec = self.mesh_spec()
         edge_dtype = self.edge_storage()
         if isinstance(alg, GradientMethod):
-            return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fuse_order=None, carry=True,
+            return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fold_inputs=False, fuse_order=None,
+                            carry=True,
                             schedule="colours", mesh=spec, edge_dtype=edge_dtype)
         two = colours == 2
         why = LOWERINGS[self.lowering].refusals(alg, self, colours)
@@ -164,12 +166,16 @@ class CompileOptions:
         # same iterates (cold start, no monitor: both would read them)
         elide = (self.elide_inputs and type(alg) is AlternatingProjections and two and not self.warm_start
                  and not self.monitor)
+        # DR and DM: a product node whose operand is the input projects with it held fixed
+        # (backends/storage.py, FoldedInputs); AP's elision already gives its exact iterates
+        fold = self.fold_inputs and type(alg) in (DouglasRachford, DifferenceMap) and self.lowering == "materialized"
         fuse_order = None
         # the native kernels split the batch across devices, not a layer's units
         if self.lowering == "materialized" and self.fuse_kernels and self.backend == "jax" and \
                 meshes.size(spec, "model") == 1:
             fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
-        return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fuse_order=fuse_order,
+        return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fold_inputs=fold,
+                        fuse_order=fuse_order,
                         carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours", mesh=spec,
                         edge_dtype=edge_dtype)
 
@@ -190,6 +196,7 @@ class Resolved:
     steps: int  # projection steps per update (1 for a gradient method)
     lowering: str  # "materialized", "collapsed" or "jax.grad"
     elide_inputs: bool  # AP does not store the input's edges
+    fold_inputs: bool  # DR, DM: product nodes project with the input operand held fixed
     fuse_order: tuple[int, int] | None  # the fused DR step's class order, or None: no fused step
     carry: bool  # something carries between updates (edges under warm start, an optimizer's state)
     schedule: str  # "colours" (AP, DR, DM) or "layers" (CP)

@@ -91,6 +91,7 @@ def compile(  # noqa: A001  (the public name users expect)
     warm_start: bool = False,
     monitor: bool = False,
     elide_inputs: bool = True,
+    fold_inputs: bool = True,
     lowering: str = "materialized",
     fuse_kernels: bool = True,
     max_memory: int | None = None,
@@ -111,6 +112,11 @@ def compile(  # noqa: A001  (the public name users expect)
     ``elide_inputs``: under AP (cold start, no monitor) do not store the input's edges,
     which AP always finds equal to the input: the same iterates with less memory traffic,
     the step residual then measured over the stored edges (backends/storage.py, ElidedInputs);
+    ``fold_inputs``: under DR and DM (materialized lowering) a product node with the input as
+    an operand (the first dense or conv layer) projects with that operand held at the input
+    -- the node's constraint becomes a hyperplane and the input's edges are not stored: half
+    the first layer's edge state and no root solve there; the iterates differ from the
+    unfolded splitting's (backends/storage.py, FoldedInputs; docs/performance.md);
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
     (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
     inputs' values and per-node coefficients instead of their edges; backends/collapsed.py);
@@ -158,7 +164,7 @@ def compile(  # noqa: A001  (the public name users expect)
     options = CompileOptions.make(
         batch_size=batch_size, algorithm=algorithm, steps=steps, dtype=dtype, weighted=weighted, relaxation=relaxation,
         beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend, warm_start=warm_start,
-        monitor=monitor, elide_inputs=elide_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
+        monitor=monitor, elide_inputs=elide_inputs, fold_inputs=fold_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
         max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
         decay_steps=decay_steps, mesh=mesh, devices=devices, edge_dtype=edge_dtype)
     solver = compile_tensor(tensor, options)
@@ -210,6 +216,7 @@ class Solver:
         resolved = options.resolve(colours)
         self.steps = resolved.steps
         self.elide_inputs = resolved.elide_inputs
+        self.fold_inputs = resolved.fold_inputs
         self.lowering = resolved.lowering
         gradient = isinstance(resolved.algorithm, GradientMethod)
         # a gradient method reads the plan (its input, its target) through the materialized lowering

@@ -44,7 +44,7 @@ def fit(solver, ds, updates, seed=0, params=None):
     return params, state, info
 
 
-def update_once(tensor, batch, backend, algorithm, params, x, y, weighted, steps=1):
+def update_once(tensor, batch, backend, algorithm, params, x, y, weighted, steps=1, **options):
     """One solver update (K = ``steps``) in float64 on ``backend``: (params, step residuals)
     as NumPy. Input edges are stored (elide_inputs=False) so that AP's residual covers every
     edge, as the scalar-graph oracle's does."""
@@ -53,18 +53,18 @@ def update_once(tensor, batch, backend, algorithm, params, x, y, weighted, steps
     import feascomp
 
     solver = feascomp.compile(tensor, batch_size=batch, algorithm=algorithm, steps=steps, dtype="float64",
-                              backend=backend, weighted=weighted, elide_inputs=False)
+                              backend=backend, weighted=weighted, elide_inputs=False, **options)
     p, _, info = solver.update(solver.init(params), x, y)
     return {k: np.asarray(v) for k, v in p.items()}, np.asarray(info["residual"])
 
 
-def assert_matches_oracle(tensor, batch, algorithm, params, x, y, weighted, rtol=1e-9, residuals=True):
+def assert_matches_oracle(tensor, batch, algorithm, params, x, y, weighted, rtol=1e-9, residuals=True, **options):
     """The jax backend's update equals the numpy scalar-graph oracle's (parameters, and the
     step residuals unless ``residuals`` is False); returns the jax parameters."""
     import numpy as np
 
-    pj, rj = update_once(tensor, batch, "jax", algorithm, params, x, y, weighted)
-    pn, rn = update_once(tensor, batch, "numpy", algorithm, params, x, y, weighted)
+    pj, rj = update_once(tensor, batch, "jax", algorithm, params, x, y, weighted, **options)
+    pn, rn = update_once(tensor, batch, "numpy", algorithm, params, x, y, weighted, **options)
     for k in pj:
         np.testing.assert_allclose(pj[k], pn[k], rtol=rtol, atol=1e-12, err_msg=k)
     if residuals:

@@ -10,7 +10,10 @@ from feascomp import backends
 from feascomp.frontends.dsl import parse_model
 from models import mlp_source
 
-ALGORITHMS = [("ap", {}), ("dr", {}), ("dr", {"relaxation": 0.8}), ("cp", {}), ("dm", {}), ("dm", {"beta": 0.7})]
+# DR and DM fold the input into the first layer's products by default (fold_inputs): the
+# oracle folds alike; the unfolded splitting is checked too
+ALGORITHMS = [("ap", {}), ("dr", {}), ("dr", {"relaxation": 0.8}), ("dr", {"fold_inputs": False}), ("cp", {}),
+              ("dm", {}), ("dm", {"beta": 0.7})]
 
 models = st.tuples(
     st.lists(st.integers(1, 3), min_size=2, max_size=5).map(lambda w: w[:-1] + [max(w[-1], 2)]),

@@ -110,6 +110,46 @@ def test_first_colour_kernels_equal_numpy(shape, dtype, r):
     _close(new[2], ((va[:, None] - a) ** 2).sum(-1) + ((vb[None] - b) ** 2).sum(-1), dtype, degenerate)
 
 
+# --- the folded kernels (port a the input, held fixed) against the fixed-port projection ---
+def _fixed_project(x, b0, c0, w):
+    """The dot's projection with port a held at x [N, n] (primitives/dot.py, fixed_dot)."""
+    (_, b), y = P.get("dot").project_fixed((np.broadcast_to(x[:, None], b0.shape), b0), (True, False), c0, w)
+    return b, y
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.sampled_from([np.float32, np.float64]), st.sampled_from([0.5, 1.0, 0.2]))
+def test_folded_second_colour_kernel_equals_numpy(shape, dtype, r):
+    """dot_dr_step_fixed: zb + 2r (P(2 pb - zb) - pb) with the a-rows held at x."""
+    N, m, n, groups, _, seed = shape
+    groups = min(groups, N)
+    _, zb, x, pb, c0, w = _case(np.random.default_rng(seed), N, m, n, False)
+    b, y = _fixed_project(x, 2 * pb[None] - zb, c0, w)
+    nb = zb + 2 * r * (b - pb[None])
+    out = _jax(lambda *a: kernels.dot_dr_step_fixed(*a, r, groups), dtype, zb, x, pb, c0, w)
+    for got, want in zip(out[:3], (nb, y, ((b - pb[None]) ** 2).sum(-1))):
+        _close(got, want, dtype, False)
+    assert out[3].shape == (groups, m, n)
+    _close(out[3].sum(0), nb.sum(0), dtype, False, node_axes=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes, st.sampled_from([np.float32, np.float64]), st.sampled_from([0.5, 1.0]), st.booleans())
+def test_folded_first_colour_kernels_equal_numpy(shape, dtype, r, reflect):
+    """dot_dr_project_fixed (the reflected or projected edges' sums), then
+    dot_dr_update_fixed: zb + 2r (vb - P zb)."""
+    N, m, n, groups, _, seed = shape
+    groups = min(groups, N)
+    _, zb, x, vb, c0, w = _case(np.random.default_rng(seed), N, m, n, False)
+    b, y = _fixed_project(x, zb, c0, w)
+    got = _jax(lambda *a: kernels.dot_dr_project_fixed(*a, groups, reflect=reflect), dtype, zb, x, c0, w)
+    _close(got[0], y, dtype, False)
+    _close(got[2].sum(0), ((2 * b - zb) if reflect else b).sum(0), dtype, False, node_axes=0)
+    new = _jax(lambda zb, mu, x, vb: kernels.dot_dr_update_fixed(zb, mu, x, vb, r), dtype, zb, got[1], x, vb)
+    _close(new[0], zb + 2 * r * (vb[None] - b), dtype, False)
+    _close(new[1], ((vb[None] - b) ** 2).sum(-1), dtype, False)
+
+
 # --- the fused step against the algorithm's step -------------------------------------------
 def _update(source, fuse, batch, x, y, updates=1, algorithm="dr", **kw):
     solver = feascomp.compile(parse_model(source), batch_size=batch, algorithm=algorithm, dtype="float64",

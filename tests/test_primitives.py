@@ -442,3 +442,52 @@ def test_dot_feasible_points_with_a_zero_rotated_norm_stay_put(arrays):
     scale = 1 + np.abs(a).max()
     assert np.max(np.abs(pa - a)) < 1e-13 * scale and np.max(np.abs(pb - b)) < 1e-13 * scale
     assert np.max(np.abs(pz - z)) < 1e-13 * scale**2
+
+
+# -- projections with a port held fixed (a constant folded into the node) ----------------
+
+FIXED = sorted(n for n in P.names("function") if P.get(n).fixed_rule is not None)
+
+
+def test_the_products_fold_a_fixed_operand():
+    assert {"dot", "mul"} <= set(FIXED)
+
+
+@pytest.mark.parametrize("name", FIXED)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_fixed_port_projection_is_the_least_squares_point(name, data):
+    # the graph with port k fixed at c is the hyperplane {(v, y): <c, v> = y}; its nearest
+    # point to (v0, y0) in |v - v0|² + w (y - y0)² is the minimum-norm correction d of
+    # C d = -C p0 in the scaled coordinates (v, sqrt(w) y): numpy's lstsq, not the formula
+    p = prim(name)
+    vector = p.ports[0].vector
+    n = data.draw(st.integers(1, 6)) if vector else 1
+    ins0 = tuple(data.draw(vec(n)) for _ in p.ports)
+    if not vector:
+        ins0 = tuple(float(v[0]) for v in ins0)
+    y0, w = data.draw(finite), data.draw(weights)
+    k = data.draw(st.integers(0, 1))
+    fixed = (k == 0, k == 1)
+    xs, y = p.project_fixed(ins0, fixed, y0, w)
+    c, v0 = np.atleast_1d(ins0[k]), np.atleast_1d(ins0[1 - k])
+    assert np.array_equal(np.atleast_1d(xs[k]), c)  # the fixed port is returned as given
+    s = np.sqrt(w)
+    C = np.concatenate([c, [-1 / s]])[None, :]
+    p0 = np.concatenate([v0, [s * y0]])
+    d = np.linalg.lstsq(C, -C @ p0, rcond=None)[0]
+    want = p0 + d
+    np.testing.assert_allclose(np.atleast_1d(xs[1 - k]), want[:-1], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(y, want[-1] / s, rtol=1e-9, atol=1e-9)
+    # on the graph, and no farther than any other point of it with the same fixed port
+    assert abs(float(np.dot(c, np.atleast_1d(xs[1 - k]))) - float(y)) <= 1e-9 * max(1.0, abs(float(y)))
+    other = v0 + data.draw(vec(n))
+    assert dist2(xs[1 - k], v0, y, y0, w) <= dist2(other, v0, float(np.dot(c, other)), y0, w) + 1e-9
+
+
+def test_fixed_ports_both_or_none():
+    a, b = np.array([1.0, 2.0]), np.array([3.0, -1.0])
+    (pa, pb), y = P.get("dot").project_fixed((a, b), (True, True), 7.0)
+    assert np.array_equal(pa, a) and np.array_equal(pb, b) and float(y) == 1.0
+    with pytest.raises(ValueError, match="no port is fixed"):
+        P.get("dot").project_fixed((a, b), (False, False), 7.0)

@@ -15,7 +15,9 @@ conv's patches times its reshaped kernel;
 each value may be a view of its producer -- an embedding's rows, a slice of W -- and a
 concat read along the contraction makes several edges per port, which the kernels see
 joined), every node with an outgoing edge, option ``kernel="auto"``; and only where the
-kernel builds on this machine (:func:`fusable`).
+kernel builds on this machine (:func:`fusable`). Where port a is the input folded into
+the family (fold_inputs), :class:`FoldedSums` stores port b's edges alone and the step runs
+the kernels that hold the a-rows at the input.
 """
 from __future__ import annotations
 
@@ -152,13 +154,74 @@ class FusedSums(Storage):
         """The kernel's sums of a port's edges -- sa [rows, k] over m, sb [k, m] over the
         rows -- as each edge's SUM key (its slice of the port, shaped like what the edge's
         broadcast copies); only the keys ``where`` has, if given."""
-        for e in self.rows:
+        for e in self.rows if sa is not None else ():
             if where is None or SUM + e.key in where:
                 part = sa if len(self.rows) == 1 else sa[:, e.start : e.stop]
                 out[SUM + e.key] = part.reshape(self.lead + (e.stop - e.start,))
         for e in self.cols:
             if where is None or SUM + e.key in where:
                 out[SUM + e.key] = sb if len(self.cols) == 1 else sb[e.start : e.stop]
+
+
+class FoldedSums(FusedSums):
+    """A fused dot family whose port a is the input, folded into the family
+    (storage.FoldedInputs): only port b's edges are stored (with their carried sums), and
+    the native step runs the ``*_fixed`` kernels, which hold each node's a-row at the
+    input's row. Elsewhere (the shadow's plain projections, monitoring) the family projects
+    through its primitive's ``fixed_rule``."""
+
+    kind = "edges, input folded, fused DR"
+    stacks = False
+
+    def __init__(self, analysis, info, rows: list, cols: list, order, first: bool, mesh=None, store=None):
+        super().__init__(analysis, info, rows, cols, order, first, mesh=mesh, store=store)
+        self.fixed = (True, False)
+        plain = len(self.cols) == 1 and not _steps(self.cols[0]) and len(info.family.type.shape) == 2
+        self.buffer_keys = (self.cols[0].key,) if plain else ()
+        self.edge_keys = tuple(e.key for e in self.cols)
+        self.native_keys = self.edge_keys
+
+    def stored(self, e: Edge) -> bool:
+        return not self.analysis.is_const(e.src)
+
+    def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
+        from .. import kernels
+
+        for e in self.cols:
+            if spare is not None and e.key in spare:  # [n, m] copied along the rows
+                fill = per_shard(self.mesh, lambda d, s: kernels.fill(d, s, False), (True, False), True)
+                z[e.key] = fill(spare[e.key], xp.transpose(vals[e.src]))
+            else:
+                z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
+        for e in self.summed:
+            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in _final(e).src_axes)
+            v = _stepped(xp, e, vals[e.src], data)
+            if self.store is not None:
+                v = v.astype(self.store).astype(v.dtype)
+            z[SUM + e.key] = v * xp.asarray(count, v.dtype)
+
+    def read(self, xp, e: Edge, z: dict, data: dict):
+        if not self.stored(e):
+            return e.map.apply(xp, data[e.src], e.type.shape, data)
+        return z[e.key]
+
+    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
+        if self.stored(e):
+            super().write(xp, e, value, new, data, slot)
+
+    def put(self, xp, e: Edge, part, new: dict) -> None:
+        if self.stored(e):
+            super().put(xp, e, part, new)
+
+    def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
+        from .storage import FoldedInputs
+
+        FoldedInputs.project(self, program, xp, z, new, data, slot)
+
+    def inputs(self, xp, data: dict):
+        """The input's rows the kernels hold port a at: [rows, k] (a conv's patches)."""
+        parts = [_stepped(xp, e, data[e.src], data).reshape((self.nrows, e.stop - e.start)) for e in self.rows]
+        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
 
 
 def _final(e: Edge) -> BroadcastMap:
@@ -198,9 +261,12 @@ def per_shard(mesh, fn, ins, outs):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs(ins), out_specs=specs(outs), check_vma=False)
 
 
-def fusable(analysis, info, order, mesh=None, store=None) -> FusedSums | None:
+def fusable(analysis, info, order, mesh=None, store=None, fixed=None) -> FusedSums | None:
     """``info``'s family as a :class:`FusedSums` if the native step can take it (module
-    docstring), else None. The caller checks that the kernel builds (:func:`available`)."""
+    docstring), else None. ``fixed``: which ports are folded inputs (storage.fixed_ports).
+    The caller checks that the kernel builds (:func:`available`)."""
+    if fixed is not None and fixed != (True, False):
+        return None
     f = info.family
     if f.kind != "dot" or f.options().get("kernel", "auto") != "auto" or len(f.type.shape) < 2:
         return None
@@ -215,8 +281,8 @@ def fusable(analysis, info, order, mesh=None, store=None) -> FusedSums | None:
     if any(_final(e).src_axes != tuple(range(r - 1)) + (r,) for e in rows) or \
             any(_final(e).src_axes != (r, r - 1) for e in cols):
         return None
-    return FusedSums(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh,
-                     store=store)
+    cls = FusedSums if fixed is None else FoldedSums
+    return cls(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh, store=store)
 
 
 def available() -> bool:
@@ -250,6 +316,13 @@ def dr_shadow(prog, xp, z: dict, data: dict) -> dict:
         if not f.first:
             continue
         ybar, w = prog.output_args(xp, f.info, z, data)
+        if isinstance(f, FoldedSums):
+            project = per_shard(f.mesh, lambda zb, x, c0, w: kernels.dot_dr_project_fixed(
+                zb, x, c0, w, min(zb.shape[0], FUSED_GROUPS), reflect=False), (True,) * 4, (True,) * 3)
+            y, _, sb = project(f.port(xp, z, False), f.inputs(xp, data), f.flat(ybar), f.flat(w))
+            prog.write_out(xp, f.info, f.nodes(y), p0, data)
+            f.put_sums(p0, None, _group_sum(xp, sb))
+            continue
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS), reflect=False), (True,) * 4, (True,) * 4)
         y, _, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
@@ -286,6 +359,14 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     passes = {}
     for f in first:
         ybar, w = prog.output_args(xp, f.info, z, data)
+        if isinstance(f, FoldedSums):
+            project = per_shard(f.mesh, lambda zb, x, c0, w: kernels.dot_dr_project_fixed(
+                zb, x, c0, w, min(zb.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 3)
+            y, mu, sb = project(f.port(xp, z, False), f.inputs(xp, data), f.flat(ybar), f.flat(w))
+            passes[f.info.name] = mu
+            prog.write_out(xp, f.info, f.nodes(y), p0, data)
+            f.put_sums(q, None, _group_sum(xp, sb))
+            continue
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
             za, zb, c0, w, min(za.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 4)
         y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
@@ -297,6 +378,17 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
     new: dict = {}
     moved = 0.0  # a Python float: the sums below give it their dtype
     for f in second:
+        if isinstance(f, FoldedSums):
+            pb = f.sources(xp, p0, False)
+            ybar, w = prog.output_args(xp, f.info, q, data)
+            step = per_shard(f.mesh, lambda zb, x, pb, c0, w: kernels.dot_dr_step_fixed(
+                zb, x, pb, c0, w, r, min(zb.shape[0], FUSED_GROUPS)), (True, True, False, True, True), (True,) * 4)
+            zb, y, res, sb = step(f.port(xp, z, False), f.inputs(xp, data), pb, f.flat(ybar), f.flat(w))
+            f.split(new, False, zb)
+            f.put_sums(new, None, _group_sum(xp, sb), where=z)
+            moved = moved + xp.sum(res)
+            prog.write_out(xp, f.info, f.nodes(y), p1, data)
+            continue
         pa = f.sources(xp, p0, True)  # the [N, n] source of the edges copied along m
         pb = f.sources(xp, p0, False)  # the transposed [n, m] source: [m, n]
         ybar, w = prog.output_args(xp, f.info, q, data)
@@ -309,6 +401,14 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         moved = moved + xp.sum(res)
         prog.write_out(xp, f.info, f.nodes(y), p1, data)
     for f in first:
+        if isinstance(f, FoldedSums):
+            vb = f.sources(xp, p1, False)
+            update = per_shard(f.mesh, lambda zb, mu, x, vb: kernels.dot_dr_update_fixed(zb, mu, x, vb, r),
+                               (True, True, True, False), (True,) * 2)
+            zb, res = update(f.port(xp, z, False), passes[f.info.name], f.inputs(xp, data), vb)
+            f.split(new, False, zb)
+            moved = moved + xp.sum(res)
+            continue
         va = f.sources(xp, p1, True)
         vb = f.sources(xp, p1, False)
         update = per_shard(f.mesh, lambda za, zb, coef, va, vb: kernels.dot_dr_update(za, zb, coef, va, vb, r),

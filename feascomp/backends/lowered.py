@@ -29,6 +29,7 @@ class Lowered:
     monitor = property(lambda self: self.options.monitor)
     warm_start = property(lambda self: self.options.warm_start)
     weighted = property(lambda self: self.options.weighted)
+    fold_inputs = property(lambda self: self.resolved.fold_inputs)
     dtype = property(lambda self: self.options.dtype)
     np_dtype = property(lambda self: np.dtype(self.options.dtype))
     # the edge state's storage (--edge-dtype): the arithmetic's dtype, or float16/bfloat16

@@ -10,7 +10,8 @@ the projections, and the algorithms, are the same for every lowering; a native s
 (backends/fused.py) is looked up by algorithm type and lowering name.
 
 - ``materialized``: every edge one array (the paper's representation); the input's edges
-  elided under AP; dense layers' edges with carried sums under the native DR step.
+  elided under AP, folded into their product nodes under DR and DM; dense layers' edges
+  with carried sums under the native DR step.
 - ``collapsed``: dense layers keep their producers' values and per-node coefficients
   instead of their edges (backends/collapsed.py); the rest as materialized.
 
@@ -29,7 +30,7 @@ from .analysis import FamilyInfo, PlanAnalysis
 from .collapsed import SlotPlan, collapsible
 from .lowered import np_dtype
 from .program import Program
-from .storage import ElidedInputs, Storage
+from .storage import ElidedInputs, FoldedInputs, Storage, fixed_ports
 
 
 class Lowering:
@@ -49,11 +50,14 @@ class Lowering:
 
     def storage(self, analysis: PlanAnalysis, info: FamilyInfo, resolved, slots) -> Storage:
         """The strategy that stores ``info``'s in-edges."""
+        fixed = fixed_ports(analysis, info) if resolved.fold_inputs else None
         if resolved.fuse_order is not None and resolved.schedule == "colours" and len(analysis.classes) == 2:
             store = None if resolved.edge_dtype in ("float32", "float64") else np_dtype(resolved.edge_dtype)
-            found = fused.fusable(analysis, info, resolved.fuse_order, meshes.build(resolved.mesh), store)
+            found = fused.fusable(analysis, info, resolved.fuse_order, meshes.build(resolved.mesh), store, fixed)
             if found is not None:
                 return found
+        if fixed is not None:
+            return FoldedInputs(analysis, info, fixed)
         if resolved.elide_inputs and any(analysis.is_const(e.src) for e in info.in_edges):
             return ElidedInputs(analysis, info)
         return Storage(analysis, info)

@@ -46,7 +46,8 @@ class NumpyBackend:
 
     def _build(self, tokens):
         s = self.lowered
-        g = ScalarGraph(s.tensor, s.batch_size, weighted=s.weighted, loss_options=s.loss_options, tokens=tokens)
+        g = ScalarGraph(s.tensor, s.batch_size, weighted=s.weighted, loss_options=s.loss_options, tokens=tokens,
+                        fold=s.fold_inputs)
         self.classes = g.by_layer if s.algorithm.uses_layers else g.by_colour
         return g
 

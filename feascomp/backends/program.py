@@ -350,6 +350,6 @@ class Program:
             p = self.project_families(xp, a.by_colour[c], s, data)
             for name in a.by_colour[c]:
                 info = self.info[name]
-                keys = {e.key for e in info.out} | {e.key for e in info.in_edges}
+                keys = ({e.key for e in info.out} | {e.key for e in info.in_edges}) & set(s)  # as stored
                 sq[name] = sum((xp.sum((p[k] - s[k]) ** 2) for k in keys), xp.zeros((), self.dtype))
         return xp.sqrt(xp.stack([sq[f.name] for f in self.plan.families]))

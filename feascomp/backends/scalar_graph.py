@@ -38,8 +38,9 @@ class Node:
 
 class ScalarGraph:
     def __init__(self, tensor: TensorModule, batch: int, *, weighted: bool = False, loss_options: dict | None = None,
-                 tokens: np.ndarray | None = None):
+                 tokens: np.ndarray | None = None, fold: bool = False):
         self.tensor, self.batch, self.weighted = tensor, batch, weighted
+        self.fold = fold  # a node with a port fed by constants alone projects with it held fixed
         self.tokens = tokens  # the batch's token ids, for a model with embed (its graph depends on them)
         self.nodes: list[Node] = []
         self.src: list[int] = []  # edge -> producer node
@@ -370,11 +371,30 @@ class ScalarGraph:
             elif n.out:
                 ybar = np.array([z[n.out].mean()])
                 w = float(len(n.out)) if self.weighted else 1.0
-                xs, y = n.prim.project(self._inputs(n, z), ybar, w)
+                fixed = self._fixed(n)
+                if fixed is not None:  # the constants' values, not their edges' (kept equal to them)
+                    ins = [np.array([self._const(self.src[es[0]], x)]) if f and not n.vector[p] else
+                           np.array([[self._const(self.src[e], x) for e in es]]) if f else v
+                           for (p, es), f, v in zip(n.ports.items(), fixed, self._inputs(n, z))]
+                    xs, y = n.prim.project_fixed(ins, fixed, ybar, w)
+                else:
+                    xs, y = n.prim.project(self._inputs(n, z), ybar, w)
                 for (p, es), v in zip(n.ports.items(), xs):
                     new[es] = v[0]
                 new[n.out] = y[0]
         return new
+
+    def _fixed(self, n: Node):
+        """Under folding, which of node n's ports are fed by constants alone, or None: no
+        such port, or a primitive without a fixed-port projection."""
+        if not self.fold or n.prim is None or n.prim.fixed_rule is None:
+            return None
+        fixed = tuple(all(self.nodes[self.src[e]].kind == "const" for e in es) for es in n.ports.values())
+        return fixed if any(fixed) else None
+
+    def _const(self, i: int, x: np.ndarray):
+        name, b, idx = self.nodes[i].key
+        return 0 if name == "__zero__" else x[(b,) + idx]
 
     def param_means(self, z: np.ndarray, previous: dict) -> dict:
         out = {k: np.array(v, copy=True) for k, v in previous.items()}

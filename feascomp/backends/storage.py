@@ -14,6 +14,8 @@ Strategies in the package:
 - :class:`Edges`: every in-edge one array shaped like the consumer's port slice (the
   paper's representation);
 - :class:`ElidedInputs`: the input's edges not stored under AP (below);
+- :class:`FoldedInputs`: under DR and DM, a product node with the input as an operand
+  projects with it held fixed, and the input's edges are not stored (below);
 - ``FusedSums`` (backends/fused.py): edges, plus the sums the native DR step carries;
 - ``CollapsedSlots`` (backends/collapsed.py): a dense layer's producers' values and
   per-node coefficients instead of its edges.
@@ -151,3 +153,35 @@ class ElidedInputs(Storage):
     def put(self, xp, e: Edge, part, new: dict) -> None:
         if self.stored(e):
             new[e.key] = part
+
+
+class FoldedInputs(ElidedInputs):
+    """A product family whose ports fed by constants alone are held at the constants'
+    values in its projection (module docstring): those edges are not stored, read as the
+    input's map, and the family projects itself through its primitive's ``fixed_rule``."""
+
+    kind = "edges, input folded"
+    stacks = False  # projected by its own rule, not with a fuse-projections group
+
+    def __init__(self, analysis: PlanAnalysis, info: FamilyInfo, fixed: tuple[bool, ...]):
+        super().__init__(analysis, info)
+        self.fixed = fixed
+
+    def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
+        info = self.info
+        ins, ybar, w = program.read_function(xp, info, z, data)
+        xs, y = info.prim.project_fixed(ins, self.fixed, ybar, w)
+        for (_, n, es), x, f in zip(info.in_ports, xs, self.fixed):
+            if not f:
+                program.put(xp, es, n, x, new)
+        program.write_out(xp, info, y, new, data, slot)
+
+
+def fixed_ports(analysis: PlanAnalysis, info: FamilyInfo) -> tuple[bool, ...] | None:
+    """Which of ``info``'s ports are fed by constants alone, if its primitive can hold them
+    fixed (a ``fixed_rule``) and one is; else None."""
+    prim = info.prim
+    if info.family.kind in ("const", "param", "target") or prim is None or getattr(prim, "fixed_rule", None) is None:
+        return None
+    fixed = tuple(bool(es) and all(analysis.is_const(e.src) for e in es) for _, _, es in info.in_ports)
+    return fixed if any(fixed) else None

@@ -2,7 +2,8 @@
 
 One library so far, ``dot_project.cc``: the fused dot projection; the Douglas-Rachford step
 on a dense dot family's input edges (one pass in the second colour, two in the first: the
-materialized lowering's fused path); and ``fill``, which writes a forward pass's edge copies
+materialized lowering's fused path), also where the input is folded into the family (only
+the b-edges stored: the ``*_fixed`` kernels); and ``fill``, which writes a forward pass's edge copies
 into donated buffers. Each does what XLA on CPU cannot fuse (several outputs written in one
 pass, reductions that read their producers) in one pass over cache-sized blocks of rows.
 The C++ mirrors ``feascomp/primitives/dot.py``, which stays the reference (and the
@@ -36,7 +37,8 @@ _EDGE_STORAGE = {"float32": "f32", "float64": "f64", "float32/float16": "f32_f16
 TARGETS = {"dot_project": {
     "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
     **{fn: {k: f"feascomp_{fn}_{v}" for k, v in _EDGE_STORAGE.items()}
-       for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill")},
+       for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill", "dot_dr_step_fixed", "dot_dr_project_fixed",
+                  "dot_dr_update_fixed")},
 }}
 
 
@@ -208,6 +210,53 @@ def dot_dr_update(za, zb, coef, va, vb, relax):
            jax.ShapeDtypeStruct((N, m), dtype))
     call = jax.ffi.ffi_call(target, out, input_output_aliases={0: 0, 1: 1}, vmap_method="sequential")
     return call(za, zb, coef, va, vb, jnp.asarray(relax, dtype))
+
+
+def dot_dr_step_fixed(zb, x, pb, c0, w, relax, groups: int):
+    """``dot_dr_step`` where port a is the input folded into the family (dot_project.cc's
+    ``dr_step_fixed``): the a-row of node (i, j) is x[i] [N, n] in every state; zb [N, m, n]
+    (updated in place), pb [m, n], c0, w [N, m]. Returns (zb', y [N, m], moved [N, m],
+    per-group sums over N of zb' [groups, m, n])."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = c0.dtype
+    N, m, n = zb.shape
+    out = (jax.ShapeDtypeStruct(zb.shape, zb.dtype), jax.ShapeDtypeStruct((N, m), dtype),
+           jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
+    call = jax.ffi.ffi_call(_target("dot_dr_step_fixed", dtype, zb.dtype), out, input_output_aliases={0: 0},
+                            vmap_method="sequential")
+    return call(zb, x, pb, c0, w, jnp.asarray(relax, dtype))
+
+
+def dot_dr_project_fixed(zb, x, c0, w, groups: int, reflect: bool = True):
+    """``dot_dr_project`` with port a the folded input x [N, n]: returns (y [N, m], the
+    per-node multiplier mu [N, m] (b = zb - mu x), the groups' sums of 2 b - zb, or with
+    ``reflect=False`` of b, [groups, m, n])."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = c0.dtype
+    N, m, n = zb.shape
+    out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m), dtype),
+           jax.ShapeDtypeStruct((groups, m, n), dtype))
+    mix = jnp.asarray([2, 1] if reflect else [1, 0], dtype)
+    return jax.ffi.ffi_call(_target("dot_dr_project_fixed", dtype, zb.dtype), out, vmap_method="sequential")(
+        zb, x, c0, w, mix)
+
+
+def dot_dr_update_fixed(zb, mu, x, vb, relax):
+    """``dot_dr_update`` with port a the folded input: zb += 2 r (vb - (zb - mu x)) in
+    place; returns (zb', the node's squared move [N, m])."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = mu.dtype
+    N, m, n = zb.shape
+    out = (jax.ShapeDtypeStruct(zb.shape, zb.dtype), jax.ShapeDtypeStruct((N, m), dtype))
+    call = jax.ffi.ffi_call(_target("dot_dr_update_fixed", dtype, zb.dtype), out, input_output_aliases={0: 0},
+                            vmap_method="sequential")
+    return call(zb, mu, x, vb, jnp.asarray(relax, dtype))
 
 
 def fill(donor, src, by_row: bool):

@@ -398,27 +398,28 @@ void dr_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* za, const
         }
         // while this block's rows are updated from cache, fetch the next block's (the same
         // rows cnt nodes on: nodes are contiguous), so memory and arithmetic overlap
+        // (prefetched first, then one vector loop: a loop per cache line with its own
+        // reduction was 3x slower, the horizontal sums dominating)
         const R<S>* nx = za + (node + cnt) * n;
         const R<S>* nv = zb + (node + cnt) * n;
-        for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {
+        for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) {
           __builtin_prefetch(nx + t0);
           __builtin_prefetch(nv + t0);
-          const int64_t t1 = std::min(n, t0 + kLine<T>);
+        }
 #pragma omp simd reduction(+ : moved)
-          for (int64_t t = t0; t < t1; ++t) {
-            const T a0 = 2 * pai[t] - x[t], b0 = 2 * pbj[t] - v[t];
-            const T p = a0 + b0, q = a0 - b0;
-            const T da = as_ * p + ad * q - pai[t];
-            const T db = bs * p + bd * q - pbj[t];
-            const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
-            xa[t] = na;
-            xb[t] = nb;
-            if constexpr (wide) {
-              sai[t] += na;
-              sbj[t] += nb;
-            }
-            moved += da * da + db * db;
+        for (int64_t t = 1; t < n; ++t) {
+          const T a0 = 2 * pai[t] - x[t], b0 = 2 * pbj[t] - v[t];
+          const T p = a0 + b0, q = a0 - b0;
+          const T da = as_ * p + ad * q - pai[t];
+          const T db = bs * p + bd * q - pbj[t];
+          const T na = x[t] + two_r * da, nb = v[t] + two_r * db;
+          xa[t] = na;
+          xb[t] = nb;
+          if constexpr (wide) {
+            sai[t] += na;
+            sbj[t] += nb;
           }
+          moved += da * da + db * db;
         }
         if constexpr (!wide) {  // stored rounded; the sums are of the edges as stored
           store_row<T, S>(wx, oa + node * n, n);
@@ -493,13 +494,12 @@ void first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* __rest
         for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) {
           __builtin_prefetch(nx + t0);
           __builtin_prefetch(nv + t0);
-          const int64_t t1 = std::min(n, t0 + kLine<T>);
+        }
 #pragma omp simd
-          for (int64_t t = t0; t < t1; ++t) {
-            const T p = x[t] + v[t], q = x[t] - v[t];
-            sai[t] += k1 * (as_ * p + ad * q) - k0 * x[t];
-            sbj[t] += k1 * (bs * p + bd * q) - k0 * v[t];
-          }
+        for (int64_t t = 0; t < n; ++t) {
+          const T p = x[t] + v[t], q = x[t] - v[t];
+          sai[t] += k1 * (as_ * p + ad * q) - k0 * x[t];
+          sbj[t] += k1 * (bs * p + bd * q) - k0 * v[t];
         }
         if (n > 0) {
           sai[0] += k1 * k.kae[r];
@@ -547,21 +547,139 @@ void update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const R<S>* za, c
         xb[0] = v[0] + two_r * db;
         moved += da * da + db * db;
       }
-      for (int64_t t0 = 1; t0 < n; t0 += kLine<T>) {  // prefetching ahead: 24 -> 18 ms on one core
+      for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) {  // prefetching ahead: 24 -> 18 ms on one core
         __builtin_prefetch(sx + t0 + kAhead<T>);
         __builtin_prefetch(sv + t0 + kAhead<T>);
-        const int64_t t1 = std::min(n, t0 + kLine<T>);
+      }
 #pragma omp simd reduction(+ : moved)
-        for (int64_t t = t0; t < t1; ++t) {
-          const T p = x[t] + v[t], q = x[t] - v[t];
-          const T da = vai[t] - (as_ * p + ad * q);
-          const T db = vbj[t] - (bs * p + bd * q);
-          xa[t] = x[t] + two_r * da;
-          xb[t] = v[t] + two_r * db;
-          moved += da * da + db * db;
-        }
+      for (int64_t t = 1; t < n; ++t) {
+        const T p = x[t] + v[t], q = x[t] - v[t];
+        const T da = vai[t] - (as_ * p + ad * q);
+        const T db = vbj[t] - (bs * p + bd * q);
+        xa[t] = x[t] + two_r * da;
+        xb[t] = v[t] + two_r * db;
+        moved += da * da + db * db;
       }
       store_row<T, S>(wx, oa + node * n, n);
+      store_row<T, S>(wv, ob + node * n, n);
+      res[node] = moved;
+    }
+  }
+}
+
+// The same steps where port a is the input, folded into the node (backends/storage.py,
+// FoldedInputs): the a-row of node (i, j) is x[i, :] in every state, so only the b-edges are
+// stored, and the projection is onto the hyperplane <x_i, b> = y: with b0 and z0 the node's
+// point, mu = (<x_i, b0> - z0) / (|x_i|^2 + 1/w), b = b0 - mu x_i, y = z0 + mu / w
+// (primitives/dot.py, fixed_dot). x_i is read once per row of nodes and stays in cache.
+//   dr_fixed_rows (second colour): b0 = 2 pb - zb, zb += 2 r (b - pb); returns y, the move
+//     |b - pb|^2 and the groups' sums of the new zb (as dr_rows; no sa: the input has no sum);
+//   fixed_first_rows (first colour): b0 = zb; returns y, mu per node, and with mix (k1, k0) the
+//     groups' sums of k1 b - k0 zb;
+//   fixed_update_rows: b = zb - mu x_i recomputed, zb += 2 r (vb - b); returns the move.
+template <typename T>
+inline T sq_norm(const T* __restrict x, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t t = 0; t < n; ++t) s += x[t] * x[t];
+  return s;
+}
+
+template <typename T, typename S>
+void dr_fixed_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const R<S>* zb,
+                   const T* __restrict pb, const T* __restrict c0, const T* __restrict w, T two_r, R<S>* ob,
+                   T* __restrict y, T* __restrict res, T* __restrict sb) {
+  constexpr bool wide = std::is_same_v<R<S>, T>;
+  std::vector<T> scratch(wide ? 0 : n);
+  T* const wv = scratch.data();
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = xs + i * n;
+    const T xx = sq_norm(xi, n);
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t node = i * m + j;
+      const R<S>* sv = zb + node * n;
+      const T* v = widened<T, S>(sv, wv, n);
+      const T* pbj = pb + j * n;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t t = 0; t < n; ++t) dot += xi[t] * (2 * pbj[t] - v[t]);
+      const T winv = T(1) / w[node];
+      const T mu = (dot - c0[node]) / (xx + winv);
+      T* xb = output_row<T, S>(ob + node * n, wv);
+      T* sbj = sb + j * n;
+      for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) __builtin_prefetch(sv + n + t0);  // the next node's row
+      T moved = 0;
+#pragma omp simd reduction(+ : moved)
+      for (int64_t t = 0; t < n; ++t) {
+        const T db = (2 * pbj[t] - v[t]) - mu * xi[t] - pbj[t];
+        const T nb = v[t] + two_r * db;
+        xb[t] = nb;
+        if constexpr (wide) sbj[t] += nb;
+        moved += db * db;
+      }
+      if constexpr (!wide) {
+        store_row<T, S>(wv, ob + node * n, n);
+#pragma omp simd
+        for (int64_t t = 0; t < n; ++t) sbj[t] += wv[t];
+      }
+      y[node] = c0[node] + mu * winv;
+      res[node] = moved;
+    }
+  }
+}
+
+template <typename T, typename S>
+void fixed_first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const R<S>* zb,
+                      const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict mus,
+                      T* __restrict sb) {
+  constexpr bool wide = std::is_same_v<R<S>, T>;
+  std::vector<T> scratch(wide ? 0 : n);
+  T* const wv = scratch.data();
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = xs + i * n;
+    const T xx = sq_norm(xi, n);
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t node = i * m + j;
+      const R<S>* sv = zb + node * n;
+      const T* v = widened<T, S>(sv, wv, n);
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t t = 0; t < n; ++t) dot += xi[t] * v[t];
+      const T winv = T(1) / w[node];
+      const T mu = (dot - c0[node]) / (xx + winv);
+      T* sbj = sb + j * n;
+      for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) __builtin_prefetch(sv + n + t0);
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) sbj[t] += k1 * (v[t] - mu * xi[t]) - k0 * v[t];
+      mus[node] = mu;
+      y[node] = c0[node] + mu * winv;
+    }
+  }
+}
+
+template <typename T, typename S>
+void fixed_update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const R<S>* zb,
+                       const T* __restrict mus, const T* __restrict vb, T two_r, R<S>* ob, T* __restrict res) {
+  constexpr bool wide = std::is_same_v<R<S>, T>;
+  std::vector<T> scratch(wide ? 0 : n);
+  T* const wv = scratch.data();
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = xs + i * n;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t node = i * m + j;
+      const R<S>* sv = zb + node * n;
+      const T* v = widened<T, S>(sv, wv, n);
+      T* xb = output_row<T, S>(ob + node * n, wv);
+      const T* vbj = vb + j * n;
+      const T mu = mus[node];
+      T moved = 0;
+      for (int64_t t0 = 0; t0 < n; t0 += kLine<T>) __builtin_prefetch(sv + t0 + kAhead<T>);
+#pragma omp simd reduction(+ : moved)
+      for (int64_t t = 0; t < n; ++t) {
+        const T db = vbj[t] - (v[t] - mu * xi[t]);
+        xb[t] = v[t] + two_r * db;
+        moved += db * db;
+      }
       store_row<T, S>(wv, ob + node * n, n);
       res[node] = moved;
     }
@@ -713,6 +831,84 @@ ffi::Error dr_update(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> coef
   return ffi::Error::Success();
 }
 
+// The folded steps' handlers: zb [N, m, n]; x [N, n]; pb, vb [m, n]; c0, w, mu [N, m]; sb [G, m, n].
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_step_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D> pb, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                         ffi::Buffer<D> relax, ffi::ResultBuffer<DS> ob, ffi::ResultBuffer<D> y,
+                         ffi::ResultBuffer<D> res, ffi::ResultBuffer<D> sb) {
+  auto dims = zb.dimensions();
+  auto gdims = sb->dimensions();
+  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_step_fixed: zb and sb must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  if (static_cast<int64_t>(x.element_count()) != N * n || static_cast<int64_t>(pb.element_count()) != m * n ||
+      static_cast<int64_t>(c0.element_count()) != N * m || static_cast<int64_t>(w.element_count()) != N * m ||
+      relax.element_count() != 1 || G < 1 || gdims[1] != m || gdims[2] != n) {
+    return ffi::Error::InvalidArgument("dot_dr_step_fixed: shapes disagree");
+  }
+  const T two_r = 2 * relax.typed_data()[0];
+  const R<S>* pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  R<S>* qb = reinterpret_cast<R<S>*>(ob->typed_data());
+  const T *px = x.typed_data(), *ppb = pb.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
+  T *py = y->typed_data(), *pr = res->typed_data(), *psb = sb->typed_data();
+  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    dr_fixed_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, ppb, pc, pw, two_r, qb, py, pr,
+                        psb + g * m * n);
+  });
+  return ffi::Error::Success();
+}
+
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_project_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                            ffi::Buffer<D> mix, ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> mu,
+                            ffi::ResultBuffer<D> sb) {
+  auto dims = zb.dimensions();
+  auto gdims = sb->dimensions();
+  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_project_fixed: zb and sb must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  if (static_cast<int64_t>(x.element_count()) != N * n || static_cast<int64_t>(c0.element_count()) != N * m ||
+      static_cast<int64_t>(w.element_count()) != N * m || static_cast<int64_t>(mu->element_count()) != N * m ||
+      mix.element_count() != 2 || G < 1 || gdims[1] != m || gdims[2] != n) {
+    return ffi::Error::InvalidArgument("dot_dr_project_fixed: shapes disagree");
+  }
+  const R<S>* pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  const T *px = x.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
+  const T k1 = mix.typed_data()[0], k0 = mix.typed_data()[1];
+  T *py = y->typed_data(), *pmu = mu->typed_data(), *psb = sb->typed_data();
+  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    fixed_first_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, pc, pw, k1, k0, py, pmu,
+                           psb + g * m * n);
+  });
+  return ffi::Error::Success();
+}
+
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_update_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> mu, ffi::Buffer<D> x, ffi::Buffer<D> vb,
+                           ffi::Buffer<D> relax, ffi::ResultBuffer<DS> ob, ffi::ResultBuffer<D> res) {
+  auto dims = zb.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_update_fixed: zb must be [N, m, n]");
+  const int64_t N = dims[0], m = dims[1], n = dims[2];
+  if (static_cast<int64_t>(mu.element_count()) != N * m || static_cast<int64_t>(x.element_count()) != N * n ||
+      static_cast<int64_t>(vb.element_count()) != m * n || relax.element_count() != 1 ||
+      static_cast<int64_t>(res->element_count()) != N * m) {
+    return ffi::Error::InvalidArgument("dot_dr_update_fixed: shapes disagree");
+  }
+  const T two_r = 2 * relax.typed_data()[0];
+  const R<S>* pzb = reinterpret_cast<const R<S>*>(zb.typed_data());
+  R<S>* qb = reinterpret_cast<R<S>*>(ob->typed_data());
+  const T *pmu = mu.typed_data(), *px = x.typed_data(), *pvb = vb.typed_data();
+  T* pr = res->typed_data();
+  const int64_t G = std::min<int64_t>(N, 16);
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
+    fixed_update_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, pmu, pvb, two_r, qb, pr);
+  });
+  return ffi::Error::Success();
+}
+
 // out[i, j, :] = src[i, :] (src [N, n], rows = 1) or src[j, :] (src [m, n], rows = 0), written
 // into ``donor``'s buffer (aliased: the previous update's edges, so that a fresh update's
 // forward-pass edges do not pay for new memory's page faults).
@@ -795,3 +991,15 @@ FEASCOMP_EDGES(feascomp_fill_f32, fill, float, float, ffi::F32, ffi::F32, 1, 2, 
 FEASCOMP_EDGES(feascomp_fill_f64, fill, double, double, ffi::F64, ffi::F64, 1, 2, 1, 0)
 FEASCOMP_EDGES(feascomp_fill_f32_f16, fill, float, half, ffi::F32, ffi::F16, 1, 2, 1, 0)
 FEASCOMP_EDGES(feascomp_fill_f32_bf16, fill, float, bf16, ffi::F32, ffi::BF16, 1, 2, 1, 0)
+FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f32, dr_step_fixed, float, float, ffi::F32, ffi::F32, 1, 5, 1, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f64, dr_step_fixed, double, double, ffi::F64, ffi::F64, 1, 5, 1, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f32_f16, dr_step_fixed, float, half, ffi::F32, ffi::F16, 1, 5, 1, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f32_bf16, dr_step_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 5, 1, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32, dr_project_fixed, float, float, ffi::F32, ffi::F32, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f64, dr_project_fixed, double, double, ffi::F64, ffi::F64, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32_f16, dr_project_fixed, float, half, ffi::F32, ffi::F16, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32_bf16, dr_project_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32, dr_update_fixed, float, float, ffi::F32, ffi::F32, 1, 4, 1, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f64, dr_update_fixed, double, double, ffi::F64, ffi::F64, 1, 4, 1, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_f16, dr_update_fixed, float, half, ffi::F32, ffi::F16, 1, 4, 1, 1)
+FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_bf16, dr_update_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 4, 1, 1)

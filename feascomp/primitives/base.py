@@ -11,6 +11,10 @@ computation graph. Its rules:
   Graph(f) (its closure) to (inputs, output) in the metric
   ``||x - x0||^2 + weight * (y - y0)^2`` -- the weighted projection of Theorem 3, where
   weight is the node's out-degree (1 reproduces the paper's code).
+- optional ``fixed_rule(xp, options, inputs, fixed, output, weight) -> (inputs, output)``:
+  the same projection with the ports flagged in ``fixed`` held at their given values (a
+  constant operand folded into the node's constraint: dot with the input fixed is a
+  hyperplane, backends/storage.py's FoldedInputs).
 
 A *loss primitive* (cross_entropy, ...) is a target node: ``forward`` gives the per-sample
 loss and ``prox(xp, options, logits, onehot)`` the operator applied to the logits.
@@ -100,6 +104,8 @@ class Primitive:
     # (|x1|², |x2|², ..., <x1, x2>, ...), coef[port][term]: new port = sum_k coef[k] x_k +
     # coef[-1] e1. See docs/extending.md.
     linear_rule: Callable | None = None
+    # optional: the projection with some ports held fixed (module docstring), or None
+    fixed_rule: Callable | None = None
 
     def with_options(self, **options) -> "Primitive":
         unknown = set(options) - set(self.defaults)
@@ -139,6 +145,19 @@ class Primitive:
         output = xp.asarray(output, dtype)
         weight = xp.asarray(weight, dtype)
         return self.project_rule(xp, self.opts, inputs, output, weight)
+
+    def project_fixed(self, inputs, fixed, output, weight=1.0):
+        """Nearest point of Graph(f) to (inputs, output) among the points whose ports
+        flagged in ``fixed`` (one bool per port) keep their given values (``fixed_rule``);
+        returns (inputs, output), the fixed ports as given."""
+        if self.fixed_rule is None:
+            raise NotImplementedError(f"primitive {self.name!r} has no fixed_rule")
+        inputs = tuple(inputs)
+        xp = namespace(*inputs, output, weight)
+        dtype = xp.result_type(*inputs, output)
+        inputs = tuple(xp.asarray(a, dtype) for a in inputs)
+        return self.fixed_rule(xp, self.opts, inputs, tuple(bool(f) for f in fixed), xp.asarray(output, dtype),
+                               xp.asarray(weight, dtype))
 
     def project_linear(self, gram, output, weight=1.0):
         """The projection as coefficients of the inputs (``linear_rule``), from their

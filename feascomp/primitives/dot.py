@@ -236,6 +236,26 @@ def linear_dot(xp, opts, gram, z0, w):
     return tuple((ks + kd, ks - kd, ke) for ks, kd, ke in (ka, kb)), z
 
 
+def fixed_dot(xp, opts, inputs, fixed, z0, w, axis=-1):
+    """The projection with one operand held fixed (a constant folded into the node): with
+    a fixed, Graph = {(b, z): <a, b> = z} is a hyperplane, and the nearest point to
+    (b0, z0) in |b - b0|² + w (z - z0)² is b = b0 - μ a, z = z0 + μ / w with
+    μ = (<a, b0> - z0) / (|a|² + 1/w) (b fixed likewise). Both fixed: z = <a, b>.
+    ``axis``: the ports' vector axis (None: scalar ports, mul)."""
+    a0, b0 = inputs
+    red = (lambda v: v) if axis is None else (lambda v: xp.sum(v, axis=axis))
+    grow = (lambda v: v) if axis is None else (lambda v: v[..., None])
+    if all(fixed):
+        return (a0, b0), red(a0 * b0)
+    if not any(fixed):
+        raise ValueError("fixed_dot: no port is fixed (use project)")
+    k = 0 if fixed[0] else 1
+    c, v0 = inputs[k], inputs[1 - k]
+    mu = (red(c * v0) - z0) / (red(c * c) + 1 / w)
+    v = v0 - grow(mu) * c
+    return ((c, v) if k == 0 else (v, c)), z0 + mu / w
+
+
 def _same_length(lengths, opts):
     if lengths.get("a") != lengths.get("b"):
         return f"dot needs equal port lengths, got a[{lengths.get('a')}] and b[{lengths.get('b')}]"
@@ -252,6 +272,7 @@ dot = register(
         doc="z = <a, b>",
         zero_padding=True,
         linear_rule=linear_dot,
+        fixed_rule=fixed_dot,
         defaults={"kernel": "auto"},
     )
 )

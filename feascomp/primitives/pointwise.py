@@ -17,7 +17,7 @@ import math
 
 from .registry import register
 from .base import Port, Primitive
-from .dot import check_kernel_option, project_dot
+from .dot import check_kernel_option, fixed_dot, project_dot
 
 
 def _levels(opts):
@@ -112,7 +112,11 @@ def project_square(xp, opts, inputs, y0, w):
     return (x,), x * x
 
 
-def _scalar(name, ports, forward, project, doc, defaults=None, check=None):
+def fixed_mul(xp, opts, inputs, fixed, z0, w):
+    return fixed_dot(xp, opts, inputs, fixed, z0, w, axis=None)
+
+
+def _scalar(name, ports, forward, project, doc, defaults=None, check=None, fixed=None):
     return register(
         Primitive(
             name=name,
@@ -122,6 +126,7 @@ def _scalar(name, ports, forward, project, doc, defaults=None, check=None):
             shape_rule=check or (lambda lengths, opts: None),
             defaults=defaults or {},
             doc=doc,
+            fixed_rule=fixed,
         )
     )
 
@@ -132,5 +137,5 @@ quantize = _scalar("quantize", "x", forward_quantize, project_quantize,
 sign = _scalar("sign", "x", lambda xp, o, x: xp.where(x >= 0, 1, -1).astype(x.dtype), project_sign,
                "y = +1 if x >= 0 else -1 (sign(0) = +1)")
 mul = _scalar("mul", ("a", "b"), lambda xp, o, a, b: a * b, project_mul, "z = a b", defaults={"kernel": "auto"},
-              check=lambda lengths, opts: check_kernel_option(opts))
+              check=lambda lengths, opts: check_kernel_option(opts), fixed=fixed_mul)
 square = _scalar("square", "x", lambda xp, o, x: x * x, project_square, "y = x^2")
