@@ -159,7 +159,8 @@ def test_a_lowering_added_from_outside_gives_the_materialized_iterates(monkeypat
         out = {}
         for lowering in ("materialized", "halves"):
             s = feascomp.compile("examples/digits_mlp.fc", batch_size=16, steps=2, algorithm=algorithm,
-                                 dtype="float64", lowering=lowering, fuse_kernels=False, elide_inputs=False)
+                                 dtype="float64", lowering=lowering, fuse_kernels=False, elide_inputs=False,
+                                 fold_inputs=False)
             p, _, info = s.update(s.init(s.init_params(0)), x, y)
             out[lowering] = (p, np.asarray(info["residual"]), s.state_bytes)
         assert all(type(st).__name__ == "Halves" for st in s.program.storage.values())
