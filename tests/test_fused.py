@@ -294,3 +294,35 @@ def test_which_families_fuse():
                      for f in s.plan.families)
     program = LOWERINGS["materialized"].lower(dataclasses.replace(s.plan, families=families), s.resolved, s.options)
     assert set(program.strategies(FusedSums)) == {"0"}
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_chained_first_passes_return_the_edges_unchanged(fixed):
+    """The first passes' ``edges=True`` form (aliased, chained into the update inside a
+    step) passes the edges through and computes what the plain form does; conv-shaped
+    edges [B, H, W, m, n] are taken as they are stored."""
+    rng = np.random.default_rng(3)
+    za, zb = rng.normal(size=(2, 2, 3, 4, 5, 6))
+    x, c0, w = rng.normal(size=(24, 6)), rng.normal(size=(24, 5)), rng.integers(1, 4, size=(24, 5)).astype(float)
+    if fixed:
+        plain = _jax(lambda zb, x, c0, w: kernels.dot_dr_project_fixed(zb, x, c0, w, 4), np.float64, zb, x, c0, w)
+        chain = _jax(lambda zb, x, c0, w: kernels.dot_dr_project_fixed(zb, x, c0, w, 4, edges=True), np.float64,
+                     zb, x, c0, w)
+        edges, rest = chain[:1], chain[1:]
+        np.testing.assert_array_equal(edges[0], zb)
+    else:
+        plain = _jax(lambda za, zb, c0, w: kernels.dot_dr_project(za, zb, c0, w, 4), np.float64, za, zb, c0, w)
+        chain = _jax(lambda za, zb, c0, w: kernels.dot_dr_project(za, zb, c0, w, 4, edges=True), np.float64,
+                     za, zb, c0, w)
+        edges, rest = chain[:2], chain[2:]
+        np.testing.assert_array_equal(edges[0], za)
+        np.testing.assert_array_equal(edges[1], zb)
+    for a, b in zip(rest, plain):
+        np.testing.assert_array_equal(a, b)
+    # the 5-D edges are the kernels' 24 rows: the same as the 3-D view
+    flat = _jax(lambda zb, x, c0, w: kernels.dot_dr_project_fixed(zb, x, c0, w, 4), np.float64,
+                zb.reshape(24, 5, 6), x, c0, w) if fixed else \
+        _jax(lambda za, zb, c0, w: kernels.dot_dr_project(za, zb, c0, w, 4), np.float64, za.reshape(24, 5, 6),
+             zb.reshape(24, 5, 6), c0, w)
+    for a, b in zip(flat, plain):
+        np.testing.assert_array_equal(a, b)

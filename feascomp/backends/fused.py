@@ -131,10 +131,13 @@ class FusedSums(Storage):
         return a.reshape(self.lead + (self.m,))
 
     def port(self, xp, z: dict, rows: bool):
-        """Port a's (``rows``) or b's edges in state z as one [rows, m, k] array."""
+        """Port a's (``rows``) or b's edges in state z as one [..., m, k] array (the kernels
+        take the leading axes as rows: a conv's edges are passed as stored, since a reshape
+        before an in-place call made XLA copy them)."""
         es = self.rows if rows else self.cols
-        parts = [self._3d(z[e.key]) for e in es]
-        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+        if len(es) == 1:
+            return z[es[0].key]
+        return xp.concatenate([self._3d(z[e.key]) for e in es], axis=-1)
 
     def split(self, new: dict, rows: bool, value) -> None:
         """A port's new [rows, m, k] array back onto its edges."""
@@ -361,16 +364,18 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         ybar, w = prog.output_args(xp, f.info, z, data)
         if isinstance(f, FoldedSums):
             project = per_shard(f.mesh, lambda zb, x, c0, w: kernels.dot_dr_project_fixed(
-                zb, x, c0, w, min(zb.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 3)
-            y, mu, sb = project(f.port(xp, z, False), f.inputs(xp, data), f.flat(ybar), f.flat(w))
-            passes[f.info.name] = mu
+                zb, x, c0, w, min(zb.shape[0], FUSED_GROUPS), edges=True), (True,) * 4, (True,) * 4)
+            zb, y, mu, sb = project(f.port(xp, z, False), f.inputs(xp, data), f.flat(ybar), f.flat(w))
+            passes[f.info.name] = (zb, mu)
             prog.write_out(xp, f.info, f.nodes(y), p0, data)
             f.put_sums(q, None, _group_sum(xp, sb))
             continue
         project = per_shard(f.mesh, lambda za, zb, c0, w: kernels.dot_dr_project(
-            za, zb, c0, w, min(za.shape[0], FUSED_GROUPS)), (True,) * 4, (True,) * 4)
-        y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
-        passes[f.info.name] = coef
+            za, zb, c0, w, min(za.shape[0], FUSED_GROUPS), edges=True), (True,) * 4, (True,) * 6)
+        # the edges come back unchanged (aliased) and go on to the update: chained in place,
+        # XLA does not copy them to keep them for it (a copy of the whole port per step)
+        za, zb, y, coef, sa, sb = project(f.port(xp, z, True), f.port(xp, z, False), f.flat(ybar), f.flat(w))
+        passes[f.info.name] = (za, zb, coef)
         prog.write_out(xp, f.info, f.nodes(y), p0, data)
         f.put_sums(q, sa, _group_sum(xp, sb))  # the reflected edges' sums, for their producers' P1
     q.update({k: 2 * p0[k] - z[k] for k in z if not k.startswith(SUM) and k not in fused_edges})
@@ -405,7 +410,8 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
             vb = f.sources(xp, p1, False)
             update = per_shard(f.mesh, lambda zb, mu, x, vb: kernels.dot_dr_update_fixed(zb, mu, x, vb, r),
                                (True, True, True, False), (True,) * 2)
-            zb, res = update(f.port(xp, z, False), passes[f.info.name], f.inputs(xp, data), vb)
+            zb, mu = passes[f.info.name]
+            zb, res = update(zb, mu, f.inputs(xp, data), vb)
             f.split(new, False, zb)
             moved = moved + xp.sum(res)
             continue
@@ -413,7 +419,8 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         vb = f.sources(xp, p1, False)
         update = per_shard(f.mesh, lambda za, zb, coef, va, vb: kernels.dot_dr_update(za, zb, coef, va, vb, r),
                            (True, True, True, True, False), (True,) * 3)
-        za, zb, res = update(f.port(xp, z, True), f.port(xp, z, False), passes[f.info.name], va, vb)
+        za, zb, coef = passes[f.info.name]
+        za, zb, res = update(za, zb, coef, va, vb)
         f.split(new, True, za)
         f.split(new, False, zb)
         moved = moved + xp.sum(res)

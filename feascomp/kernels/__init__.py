@@ -38,7 +38,7 @@ TARGETS = {"dot_project": {
     "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
     **{fn: {k: f"feascomp_{fn}_{v}" for k, v in _EDGE_STORAGE.items()}
        for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill", "dot_dr_step_fixed", "dot_dr_project_fixed",
-                  "dot_dr_update_fixed")},
+                  "dot_dr_update_fixed", "dot_dr_project_chain", "dot_dr_project_fixed_chain")},
 }}
 
 
@@ -145,6 +145,13 @@ def status(name: str = "dot_project") -> str:
     return _status.get(name, "not loaded")
 
 
+def _rows(shape) -> tuple[int, int, int]:
+    """Edges [..., m, n] as the kernels take them: N rows (the leading axes) of m nodes."""
+    import math
+
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
 def dot_project(a0, b0, z0, w):
     """The fused dot projection of rows: a0, b0 [N, n], z0 [N], w [N] (jax arrays of one
     float dtype); returns (a, b, z). Call :func:`load` first."""
@@ -169,7 +176,7 @@ def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):
     import jax.numpy as jnp
 
     dtype = c0.dtype  # the arithmetic's; the edges may be stored in a 16-bit type
-    N, m, n = za.shape
+    N, m, n = _rows(za.shape)
     target = _target("dot_dr_step", dtype, za.dtype)
     out = (jax.ShapeDtypeStruct(za.shape, za.dtype), jax.ShapeDtypeStruct(zb.shape, zb.dtype),
            jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m), dtype),
@@ -178,22 +185,30 @@ def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):
     return call(za, zb, pa, pb, c0, w, jnp.asarray(relax, dtype))
 
 
-def dot_dr_project(za, zb, c0, w, groups: int, reflect: bool = True):
+def dot_dr_project(za, zb, c0, w, groups: int, reflect: bool = True, edges: bool = False):
     """The first pass of a DR step on a dense dot family of the first colour
     (dot_project.cc's ``dr_project``): za, zb [N, m, n]; c0, w [N, m]. Returns (y [N, m],
     per-node coefficients [N, m, 6], the a-edges summed over m [N, n], the b-edges summed
     over the rows of each group [groups, m, n]): of the reflected edges 2 P z - z, or with
-    ``reflect=False`` of the projected edges P z."""
+    ``reflect=False`` of the projected edges P z. ``edges``: also return za and zb first,
+    unchanged, as aliases of the inputs (the ``_chain`` target) -- pass those to
+    :func:`dot_dr_update`, so that XLA need not copy the edges to keep them for the in-place
+    update; not where the edges live on after the call (the shadow: XLA would copy them)."""
     import jax
     import jax.numpy as jnp
 
     dtype = c0.dtype
-    N, m, n = za.shape
-    target = _target("dot_dr_project", dtype, za.dtype)
+    N, m, n = _rows(za.shape)
     out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m, 6), dtype),
            jax.ShapeDtypeStruct((N, n), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
     mix = jnp.asarray([2, 1] if reflect else [1, 0], dtype)
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(za, zb, c0, w, mix)
+    if not edges:
+        return jax.ffi.ffi_call(_target("dot_dr_project", dtype, za.dtype), out, vmap_method="sequential")(
+            za, zb, c0, w, mix)
+    out = (jax.ShapeDtypeStruct(za.shape, za.dtype), jax.ShapeDtypeStruct(zb.shape, zb.dtype)) + out
+    call = jax.ffi.ffi_call(_target("dot_dr_project_chain", dtype, za.dtype), out, input_output_aliases={0: 0, 1: 1},
+                            vmap_method="sequential")
+    return call(za, zb, c0, w, mix)
 
 
 def dot_dr_update(za, zb, coef, va, vb, relax):
@@ -204,7 +219,7 @@ def dot_dr_update(za, zb, coef, va, vb, relax):
     import jax.numpy as jnp
 
     dtype = coef.dtype
-    N, m, n = za.shape
+    N, m, n = _rows(za.shape)
     target = _target("dot_dr_update", dtype, za.dtype)
     out = (jax.ShapeDtypeStruct(za.shape, za.dtype), jax.ShapeDtypeStruct(zb.shape, zb.dtype),
            jax.ShapeDtypeStruct((N, m), dtype))
@@ -221,7 +236,7 @@ def dot_dr_step_fixed(zb, x, pb, c0, w, relax, groups: int):
     import jax.numpy as jnp
 
     dtype = c0.dtype
-    N, m, n = zb.shape
+    N, m, n = _rows(zb.shape)
     out = (jax.ShapeDtypeStruct(zb.shape, zb.dtype), jax.ShapeDtypeStruct((N, m), dtype),
            jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((groups, m, n), dtype))
     call = jax.ffi.ffi_call(_target("dot_dr_step_fixed", dtype, zb.dtype), out, input_output_aliases={0: 0},
@@ -229,20 +244,26 @@ def dot_dr_step_fixed(zb, x, pb, c0, w, relax, groups: int):
     return call(zb, x, pb, c0, w, jnp.asarray(relax, dtype))
 
 
-def dot_dr_project_fixed(zb, x, c0, w, groups: int, reflect: bool = True):
+def dot_dr_project_fixed(zb, x, c0, w, groups: int, reflect: bool = True, edges: bool = False):
     """``dot_dr_project`` with port a the folded input x [N, n]: returns (y [N, m], the
     per-node multiplier mu [N, m] (b = zb - mu x), the groups' sums of 2 b - zb, or with
-    ``reflect=False`` of b, [groups, m, n])."""
+    ``reflect=False`` of b, [groups, m, n]); ``edges``: zb first, passed through (as
+    ``dot_dr_project``)."""
     import jax
     import jax.numpy as jnp
 
     dtype = c0.dtype
-    N, m, n = zb.shape
+    N, m, n = _rows(zb.shape)
     out = (jax.ShapeDtypeStruct((N, m), dtype), jax.ShapeDtypeStruct((N, m), dtype),
            jax.ShapeDtypeStruct((groups, m, n), dtype))
     mix = jnp.asarray([2, 1] if reflect else [1, 0], dtype)
-    return jax.ffi.ffi_call(_target("dot_dr_project_fixed", dtype, zb.dtype), out, vmap_method="sequential")(
-        zb, x, c0, w, mix)
+    if not edges:
+        return jax.ffi.ffi_call(_target("dot_dr_project_fixed", dtype, zb.dtype), out, vmap_method="sequential")(
+            zb, x, c0, w, mix)
+    out = (jax.ShapeDtypeStruct(zb.shape, zb.dtype),) + out
+    call = jax.ffi.ffi_call(_target("dot_dr_project_fixed_chain", dtype, zb.dtype), out, input_output_aliases={0: 0},
+                            vmap_method="sequential")
+    return call(zb, x, c0, w, mix)
 
 
 def dot_dr_update_fixed(zb, mu, x, vb, relax):
@@ -252,7 +273,7 @@ def dot_dr_update_fixed(zb, mu, x, vb, relax):
     import jax.numpy as jnp
 
     dtype = mu.dtype
-    N, m, n = zb.shape
+    N, m, n = _rows(zb.shape)
     out = (jax.ShapeDtypeStruct(zb.shape, zb.dtype), jax.ShapeDtypeStruct((N, m), dtype))
     call = jax.ffi.ffi_call(_target("dot_dr_update_fixed", dtype, zb.dtype), out, input_output_aliases={0: 0},
                             vmap_method="sequential")

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <type_traits>
@@ -726,6 +727,28 @@ ffi::Error project(ffi::Buffer<D> a0, ffi::Buffer<D> b0, ffi::Buffer<D> z0, ffi:
 }
 
 
+// The edge arrays' rows: [..., m, n] as N = prod(...) rows of m nodes (a conv's [B, Ho, Wo,
+// Co, k] edges are taken as they are stored: a reshape to 3-D before an in-place call made
+// XLA copy them); false if the rank is below 3.
+template <typename Dims>
+bool edge_rows(const Dims& dims, int64_t& N, int64_t& m, int64_t& n) {
+  const size_t r = dims.size();
+  if (r < 3) return false;
+  N = 1;
+  for (size_t k = 0; k + 2 < r; ++k) N *= dims[k];
+  m = dims[r - 2];
+  n = dims[r - 1];
+  return true;
+}
+
+// An edge operand returned as a result: the same buffer when aliased (nothing to do), else copied.
+template <ffi::DataType DS>
+void pass_through(const ffi::Buffer<DS>& in, ffi::ResultBuffer<DS>& out) {
+  if (static_cast<const void*>(in.typed_data()) != static_cast<const void*>(out->typed_data())) {
+    std::memcpy(out->typed_data(), in.typed_data(), in.size_bytes());
+  }
+}
+
 // threads for a pass over N rows of m x n values taken in G groups (at most one per group)
 inline int64_t group_threads(int64_t N, int64_t m, int64_t n, int64_t G) {
   int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), 16));
@@ -752,10 +775,11 @@ ffi::Error dr_step(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> pa, ff
   // za, zb [N, m, n]; pa [N, n]; pb [m, n]; c0, w [N, m]; relax []; sb [G, m, n]
   auto dims = za.dimensions();
   auto gdims = sb->dimensions();
-  if (dims.size() != 3 || zb.dimensions().size() != 3 || gdims.size() != 3) {
-    return ffi::Error::InvalidArgument("dot_dr_step: za, zb and sb must be [N, m, n]");
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n) || gdims.size() != 3) {
+    return ffi::Error::InvalidArgument("dot_dr_step: za, zb and sb must be [..., m, n]");
   }
-  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  const int64_t G = gdims[0];
   if (zb.element_count() != za.element_count() || static_cast<int64_t>(pa.element_count()) != N * n ||
       static_cast<int64_t>(pb.element_count()) != m * n || static_cast<int64_t>(c0.element_count()) != N * m ||
       static_cast<int64_t>(w.element_count()) != N * m || relax.element_count() != 1 || G < 1 ||
@@ -785,8 +809,11 @@ ffi::Error dr_project(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> c0,
                       ffi::ResultBuffer<D> sb) {
   auto dims = za.dimensions();
   auto gdims = sb->dimensions();
-  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_project: za and sb must be [N, m, n]");
-  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n) || gdims.size() != 3) {
+    return ffi::Error::InvalidArgument("dot_dr_project: za and sb must be [..., m, n]");
+  }
+  const int64_t G = gdims[0];
   if (zb.element_count() != za.element_count() || static_cast<int64_t>(c0.element_count()) != N * m ||
       static_cast<int64_t>(w.element_count()) != N * m || static_cast<int64_t>(coef->element_count()) != N * m * 6 ||
       static_cast<int64_t>(sa->element_count()) != N * n || mix.element_count() != 2 || G < 1 || gdims[1] != m ||
@@ -811,8 +838,8 @@ ffi::Error dr_update(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> coef
                      ffi::Buffer<D> vb, ffi::Buffer<D> relax, ffi::ResultBuffer<DS> oa, ffi::ResultBuffer<DS> ob,
                      ffi::ResultBuffer<D> res) {
   auto dims = za.dimensions();
-  if (dims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_update: za must be [N, m, n]");
-  const int64_t N = dims[0], m = dims[1], n = dims[2];
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n)) return ffi::Error::InvalidArgument("dot_dr_update: za must be [..., m, n]");
   if (zb.element_count() != za.element_count() || static_cast<int64_t>(coef.element_count()) != N * m * 6 ||
       static_cast<int64_t>(va.element_count()) != N * n || static_cast<int64_t>(vb.element_count()) != m * n ||
       relax.element_count() != 1 || static_cast<int64_t>(res->element_count()) != N * m) {
@@ -838,8 +865,11 @@ ffi::Error dr_step_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D> pb
                          ffi::ResultBuffer<D> res, ffi::ResultBuffer<D> sb) {
   auto dims = zb.dimensions();
   auto gdims = sb->dimensions();
-  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_step_fixed: zb and sb must be [N, m, n]");
-  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n) || gdims.size() != 3) {
+    return ffi::Error::InvalidArgument("dot_dr_step_fixed: zb and sb must be [..., m, n]");
+  }
+  const int64_t G = gdims[0];
   if (static_cast<int64_t>(x.element_count()) != N * n || static_cast<int64_t>(pb.element_count()) != m * n ||
       static_cast<int64_t>(c0.element_count()) != N * m || static_cast<int64_t>(w.element_count()) != N * m ||
       relax.element_count() != 1 || G < 1 || gdims[1] != m || gdims[2] != n) {
@@ -865,8 +895,11 @@ ffi::Error dr_project_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D>
                             ffi::ResultBuffer<D> sb) {
   auto dims = zb.dimensions();
   auto gdims = sb->dimensions();
-  if (dims.size() != 3 || gdims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_project_fixed: zb and sb must be [N, m, n]");
-  const int64_t N = dims[0], m = dims[1], n = dims[2], G = gdims[0];
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n) || gdims.size() != 3) {
+    return ffi::Error::InvalidArgument("dot_dr_project_fixed: zb and sb must be [..., m, n]");
+  }
+  const int64_t G = gdims[0];
   if (static_cast<int64_t>(x.element_count()) != N * n || static_cast<int64_t>(c0.element_count()) != N * m ||
       static_cast<int64_t>(w.element_count()) != N * m || static_cast<int64_t>(mu->element_count()) != N * m ||
       mix.element_count() != 2 || G < 1 || gdims[1] != m || gdims[2] != n) {
@@ -889,8 +922,8 @@ template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
 ffi::Error dr_update_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> mu, ffi::Buffer<D> x, ffi::Buffer<D> vb,
                            ffi::Buffer<D> relax, ffi::ResultBuffer<DS> ob, ffi::ResultBuffer<D> res) {
   auto dims = zb.dimensions();
-  if (dims.size() != 3) return ffi::Error::InvalidArgument("dot_dr_update_fixed: zb must be [N, m, n]");
-  const int64_t N = dims[0], m = dims[1], n = dims[2];
+  int64_t N, m, n;
+  if (!edge_rows(dims, N, m, n)) return ffi::Error::InvalidArgument("dot_dr_update_fixed: zb must be [..., m, n]");
   if (static_cast<int64_t>(mu.element_count()) != N * m || static_cast<int64_t>(x.element_count()) != N * n ||
       static_cast<int64_t>(vb.element_count()) != m * n || relax.element_count() != 1 ||
       static_cast<int64_t>(res->element_count()) != N * m) {
@@ -907,6 +940,28 @@ ffi::Error dr_update_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> mu, ffi::Buffer<D>
     fixed_update_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, pmu, pvb, two_r, qb, pr);
   });
   return ffi::Error::Success();
+}
+
+// The first passes inside a step, chained into the update: the edges also returned unchanged
+// (aliased to the inputs), so that the update's in-place call takes this call's result and
+// XLA need not copy the edges to keep them for it (it did: a copy of the port per step).
+// The shadow, whose edges live on, calls the plain passes.
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_project_chain(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                            ffi::Buffer<D> mix, ffi::ResultBuffer<DS> oa, ffi::ResultBuffer<DS> ob,
+                            ffi::ResultBuffer<D> y, ffi::ResultBuffer<D> coef, ffi::ResultBuffer<D> sa,
+                            ffi::ResultBuffer<D> sb) {
+  pass_through(za, oa);
+  pass_through(zb, ob);
+  return dr_project<T, S, D, DS>(za, zb, c0, w, mix, y, coef, sa, sb);
+}
+
+template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
+ffi::Error dr_project_fixed_chain(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                                  ffi::Buffer<D> mix, ffi::ResultBuffer<DS> ob, ffi::ResultBuffer<D> y,
+                                  ffi::ResultBuffer<D> mu, ffi::ResultBuffer<D> sb) {
+  pass_through(zb, ob);
+  return dr_project_fixed<T, S, D, DS>(zb, x, c0, w, mix, y, mu, sb);
 }
 
 // out[i, j, :] = src[i, :] (src [N, n], rows = 1) or src[j, :] (src [m, n], rows = 0), written
@@ -980,9 +1035,13 @@ FEASCOMP_EDGES(feascomp_dot_dr_step_f64, dr_step, double, double, ffi::F64, ffi:
 FEASCOMP_EDGES(feascomp_dot_dr_step_f32_f16, dr_step, float, half, ffi::F32, ffi::F16, 2, 5, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_step_f32_bf16, dr_step, float, bf16, ffi::F32, ffi::BF16, 2, 5, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_project_f32, dr_project, float, float, ffi::F32, ffi::F32, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_chain_f32, dr_project_chain, float, float, ffi::F32, ffi::F32, 2, 3, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_project_f64, dr_project, double, double, ffi::F64, ffi::F64, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_chain_f64, dr_project_chain, double, double, ffi::F64, ffi::F64, 2, 3, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_project_f32_f16, dr_project, float, half, ffi::F32, ffi::F16, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_chain_f32_f16, dr_project_chain, float, half, ffi::F32, ffi::F16, 2, 3, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_project_f32_bf16, dr_project, float, bf16, ffi::F32, ffi::BF16, 2, 3, 0, 4)
+FEASCOMP_EDGES(feascomp_dot_dr_project_chain_f32_bf16, dr_project_chain, float, bf16, ffi::F32, ffi::BF16, 2, 3, 2, 4)
 FEASCOMP_EDGES(feascomp_dot_dr_update_f32, dr_update, float, float, ffi::F32, ffi::F32, 2, 4, 2, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_f64, dr_update, double, double, ffi::F64, ffi::F64, 2, 4, 2, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_f32_f16, dr_update, float, half, ffi::F32, ffi::F16, 2, 4, 2, 1)
@@ -996,9 +1055,13 @@ FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f64, dr_step_fixed, double, double, ff
 FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f32_f16, dr_step_fixed, float, half, ffi::F32, ffi::F16, 1, 5, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_step_fixed_f32_bf16, dr_step_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 5, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32, dr_project_fixed, float, float, ffi::F32, ffi::F32, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_chain_f32, dr_project_fixed_chain, float, float, ffi::F32, ffi::F32, 1, 4, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f64, dr_project_fixed, double, double, ffi::F64, ffi::F64, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_chain_f64, dr_project_fixed_chain, double, double, ffi::F64, ffi::F64, 1, 4, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32_f16, dr_project_fixed, float, half, ffi::F32, ffi::F16, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_chain_f32_f16, dr_project_fixed_chain, float, half, ffi::F32, ffi::F16, 1, 4, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_f32_bf16, dr_project_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 4, 0, 3)
+FEASCOMP_EDGES(feascomp_dot_dr_project_fixed_chain_f32_bf16, dr_project_fixed_chain, float, bf16, ffi::F32, ffi::BF16, 1, 4, 1, 3)
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32, dr_update_fixed, float, float, ffi::F32, ffi::F32, 1, 4, 1, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f64, dr_update_fixed, double, double, ffi::F64, ffi::F64, 1, 4, 1, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_f16, dr_update_fixed, float, half, ffi::F32, ffi::F16, 1, 4, 1, 1)
