@@ -629,11 +629,89 @@ void dr_fixed_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __rest
   }
 }
 
+// Short rows (a conv's 9-long patches): per-node vector loops over n elements cost more than
+// the arithmetic (masked remainders, a horizontal sum per node), so a row of m nodes is taken
+// as its m*n contiguous values: the node sums as plain loops, the multipliers vectorised
+// across the m nodes, the update as one pass over the row with each node's mu and the input
+// tiled along it.
+constexpr int64_t kShort = 16;
+
+template <typename T>
+void fixed_first_short(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const T* __restrict zb,
+                       const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict mus,
+                       T* __restrict sb) {
+  std::vector<T> dots(m), murep(m * n), xrep(m * n);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = xs + i * n;
+    const T* V = zb + i * m * n;
+    const T xx = sq_norm(xi, n);
+    // node sums with the nodes innermost: independent accumulators, not a chain per node
+    for (int64_t j = 0; j < m; ++j) dots[j] = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const T xt = xi[t];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) dots[j] += xt * V[j * n + t];
+    }
+    const T* ci = c0 + i * m;
+    const T* wi = w + i * m;
+    T* mi = mus + i * m;
+    T* yi = y + i * m;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      const T winv = T(1) / wi[j];
+      const T mu = (dots[j] - ci[j]) / (xx + winv);
+      mi[j] = mu;
+      yi[j] = ci[j] + mu * winv;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      for (int64_t t = 0; t < n; ++t) {
+        murep[j * n + t] = mi[j];
+        xrep[j * n + t] = xi[t];
+      }
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < m * n; ++k) sb[k] += k1 * (V[k] - murep[k] * xrep[k]) - k0 * V[k];
+  }
+}
+
+template <typename T>
+void fixed_update_short(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const T* zb,
+                        const T* __restrict mus, const T* __restrict vb, T two_r, T* ob, T* __restrict res) {
+  std::vector<T> murep(m * n), xrep(m * n), moved(m * n);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* xi = xs + i * n;
+    const T* V = zb + i * m * n;
+    T* O = ob + i * m * n;
+    const T* mi = mus + i * m;
+    for (int64_t j = 0; j < m; ++j) {
+      for (int64_t t = 0; t < n; ++t) {
+        murep[j * n + t] = mi[j];
+        xrep[j * n + t] = xi[t];
+      }
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < m * n; ++k) {
+      const T db = vb[k] - (V[k] - murep[k] * xrep[k]);
+      O[k] = V[k] + two_r * db;
+      moved[k] = db * db;
+    }
+    T* ri = res + i * m;
+    for (int64_t j = 0; j < m; ++j) ri[j] = 0;
+    for (int64_t t = 0; t < n; ++t) {
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) ri[j] += moved[j * n + t];
+    }
+  }
+}
+
 template <typename T, typename S>
 void fixed_first_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const R<S>* zb,
                       const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict mus,
                       T* __restrict sb) {
   constexpr bool wide = std::is_same_v<R<S>, T>;
+  if constexpr (wide) {
+    if (n <= kShort) return fixed_first_short<T>(i0, i1, m, n, xs, zb, c0, w, k1, k0, y, mus, sb);
+  }
   std::vector<T> scratch(wide ? 0 : n);
   T* const wv = scratch.data();
   for (int64_t i = i0; i < i1; ++i) {
@@ -662,6 +740,9 @@ template <typename T, typename S>
 void fixed_update_rows(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const R<S>* zb,
                        const T* __restrict mus, const T* __restrict vb, T two_r, R<S>* ob, T* __restrict res) {
   constexpr bool wide = std::is_same_v<R<S>, T>;
+  if constexpr (wide) {
+    if (n <= kShort) return fixed_update_short<T>(i0, i1, m, n, xs, zb, mus, vb, two_r, ob, res);
+  }
   std::vector<T> scratch(wide ? 0 : n);
   T* const wv = scratch.data();
   for (int64_t i = i0; i < i1; ++i) {
