@@ -26,7 +26,7 @@ import math
 from ..algorithms import DifferenceMap, DouglasRachford
 from ..ir.feasibility import BroadcastMap, Edge, sum_axes
 from ..ir.maps import ChainMap
-from .storage import Storage
+from .storage import InputsNotStored, Storage
 
 SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
 FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: results do not depend on threads)
@@ -73,6 +73,8 @@ class FusedSums(Storage):
         from .. import kernels
 
         for e in self.edges:
+            if not self.stored(e):  # a folded input (FoldedSums)
+                continue
             if spare is not None and e.key in spare:
                 by_row = e is self.rows[0]  # rows: [N, n] copied along m; cols: [n, m] along N
                 src = vals[e.src] if by_row else xp.transpose(vals[e.src])
@@ -166,7 +168,7 @@ class FusedSums(Storage):
                 out[SUM + e.key] = sb if len(self.cols) == 1 else sb[e.start : e.stop]
 
 
-class FoldedSums(FusedSums):
+class FoldedSums(InputsNotStored, FusedSums):
     """A fused dot family whose port a is the input, folded into the family
     (storage.FoldedInputs): only port b's edges are stored (with their carried sums), and
     the native step runs the ``*_fixed`` kernels, which hold each node's a-row at the
@@ -183,38 +185,6 @@ class FoldedSums(FusedSums):
         self.buffer_keys = (self.cols[0].key,) if plain else ()
         self.edge_keys = tuple(e.key for e in self.cols)
         self.native_keys = self.edge_keys
-
-    def stored(self, e: Edge) -> bool:
-        return not self.analysis.is_const(e.src)
-
-    def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
-        from .. import kernels
-
-        for e in self.cols:
-            if spare is not None and e.key in spare:  # [n, m] copied along the rows
-                fill = per_shard(self.mesh, lambda d, s: kernels.fill(d, s, False), (True, False), True)
-                z[e.key] = fill(spare[e.key], xp.transpose(vals[e.src]))
-            else:
-                z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
-        for e in self.summed:
-            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in _final(e).src_axes)
-            v = _stepped(xp, e, vals[e.src], data)
-            if self.store is not None:
-                v = v.astype(self.store).astype(v.dtype)
-            z[SUM + e.key] = v * xp.asarray(count, v.dtype)
-
-    def read(self, xp, e: Edge, z: dict, data: dict):
-        if not self.stored(e):
-            return e.map.apply(xp, data[e.src], e.type.shape, data)
-        return z[e.key]
-
-    def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
-        if self.stored(e):
-            super().write(xp, e, value, new, data, slot)
-
-    def put(self, xp, e: Edge, part, new: dict) -> None:
-        if self.stored(e):
-            super().put(xp, e, part, new)
 
     def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
         from .storage import FoldedInputs

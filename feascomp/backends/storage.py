@@ -132,11 +132,10 @@ class Storage:
 Edges = Storage
 
 
-class ElidedInputs(Storage):
-    """Edges, except that those from the input are not stored (module docstring): read
-    as the input's map, and whatever is written on them dropped."""
-
-    kind = "edges, input elided"
+class InputsNotStored:
+    """A mixin for a strategy whose edges from the input are not stored: read as the
+    input's map, and whatever is written on them dropped (before the strategy it mixes
+    into, which stores the rest)."""
 
     def stored(self, e: Edge) -> bool:
         return not self.analysis.is_const(e.src)
@@ -144,7 +143,7 @@ class ElidedInputs(Storage):
     def read(self, xp, e: Edge, z: dict, data: dict):
         if not self.stored(e):
             return e.map.apply(xp, data[e.src], e.type.shape, data)
-        return z[e.key]
+        return super().read(xp, e, z, data)
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
         if self.stored(e):
@@ -152,7 +151,13 @@ class ElidedInputs(Storage):
 
     def put(self, xp, e: Edge, part, new: dict) -> None:
         if self.stored(e):
-            new[e.key] = part
+            super().put(xp, e, part, new)
+
+
+class ElidedInputs(InputsNotStored, Storage):
+    """Edges, except that those from the input are not stored (module docstring)."""
+
+    kind = "edges, input elided"
 
 
 class FoldedInputs(ElidedInputs):

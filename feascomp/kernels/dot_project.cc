@@ -848,6 +848,16 @@ void over_groups(int64_t G, int64_t threads, F run) {
   for (auto& th : pool) th.join();
 }
 
+// rows(r0, r1, g) for G groups of the N rows, spread over the threads, after zeroing the
+// groups' partial sums (``sums`` [G, m, n], or none)
+template <typename T, typename F>
+void by_groups(int64_t N, int64_t m, int64_t n, int64_t G, T* sums, F rows) {
+  if (sums != nullptr) std::fill(sums, sums + G * m * n, T(0));
+  const int64_t per = (N + G - 1) / G;
+  over_groups(G, group_threads(N, m, n, G),
+              [=](int64_t g) { rows(std::min(N, g * per), std::min(N, (g + 1) * per), g); });
+}
+
 template <typename T, typename S, ffi::DataType D, ffi::DataType DS>
 ffi::Error dr_step(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> pa, ffi::Buffer<D> pb, ffi::Buffer<D> c0,
                    ffi::Buffer<D> w, ffi::Buffer<D> relax, ffi::ResultBuffer<DS> oa, ffi::ResultBuffer<DS> ob,
@@ -874,11 +884,8 @@ ffi::Error dr_step(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> pa, ff
   R<S> *qa = reinterpret_cast<R<S>*>(oa->typed_data()), *qb = reinterpret_cast<R<S>*>(ob->typed_data());
   T *py = y->typed_data(), *pr = res->typed_data();
   T *psa = sa->typed_data(), *psb = sb->typed_data();
-  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
-  // group g: rows [g * per, (g + 1) * per); threads take groups in turn
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    dr_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py, pr, psa,
+  by_groups(N, m, n, G, psb, [=](int64_t r0, int64_t r1, int64_t g) {
+    dr_rows<T, S>(r0, r1, m, n, pza, pzb, ppa, ppb, pc, pw, two_r, qa, qb, py, pr, psa,
          psb + g * m * n);
   });
   return ffi::Error::Success();
@@ -905,10 +912,8 @@ ffi::Error dr_project(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> c0,
   const T *pc = c0.typed_data(), *pw = w.typed_data();
   const T k1 = mix.typed_data()[0], k0 = mix.typed_data()[1];
   T *py = y->typed_data(), *pcf = coef->typed_data(), *psa = sa->typed_data(), *psb = sb->typed_data();
-  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    first_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pc, pw, k1, k0, py, pcf, psa,
+  by_groups(N, m, n, G, psb, [=](int64_t r0, int64_t r1, int64_t g) {
+    first_rows<T, S>(r0, r1, m, n, pza, pzb, pc, pw, k1, k0, py, pcf, psa,
                   psb + g * m * n);
   });
   return ffi::Error::Success();
@@ -931,10 +936,8 @@ ffi::Error dr_update(ffi::Buffer<DS> za, ffi::Buffer<DS> zb, ffi::Buffer<D> coef
   const T *pcf = coef.typed_data(), *pva = va.typed_data(), *pvb = vb.typed_data();
   R<S> *qa = reinterpret_cast<R<S>*>(oa->typed_data()), *qb = reinterpret_cast<R<S>*>(ob->typed_data());
   T *pr = res->typed_data();
-  const int64_t G = std::min<int64_t>(N, 16);
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    update_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, pza, pzb, pcf, pva, pvb, two_r, qa, qb, pr);
+  by_groups(N, m, n, std::min<int64_t>(N, 16), static_cast<T*>(nullptr), [=](int64_t r0, int64_t r1, int64_t) {
+    update_rows<T, S>(r0, r1, m, n, pza, pzb, pcf, pva, pvb, two_r, qa, qb, pr);
   });
   return ffi::Error::Success();
 }
@@ -961,10 +964,8 @@ ffi::Error dr_step_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D> pb
   R<S>* qb = reinterpret_cast<R<S>*>(ob->typed_data());
   const T *px = x.typed_data(), *ppb = pb.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
   T *py = y->typed_data(), *pr = res->typed_data(), *psb = sb->typed_data();
-  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    dr_fixed_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, ppb, pc, pw, two_r, qb, py, pr,
+  by_groups(N, m, n, G, psb, [=](int64_t r0, int64_t r1, int64_t g) {
+    dr_fixed_rows<T, S>(r0, r1, m, n, px, pzb, ppb, pc, pw, two_r, qb, py, pr,
                         psb + g * m * n);
   });
   return ffi::Error::Success();
@@ -990,10 +991,8 @@ ffi::Error dr_project_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> x, ffi::Buffer<D>
   const T *px = x.typed_data(), *pc = c0.typed_data(), *pw = w.typed_data();
   const T k1 = mix.typed_data()[0], k0 = mix.typed_data()[1];
   T *py = y->typed_data(), *pmu = mu->typed_data(), *psb = sb->typed_data();
-  for (int64_t t = 0; t < G * m * n; ++t) psb[t] = 0;
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    fixed_first_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, pc, pw, k1, k0, py, pmu,
+  by_groups(N, m, n, G, psb, [=](int64_t r0, int64_t r1, int64_t g) {
+    fixed_first_rows<T, S>(r0, r1, m, n, px, pzb, pc, pw, k1, k0, py, pmu,
                            psb + g * m * n);
   });
   return ffi::Error::Success();
@@ -1015,10 +1014,8 @@ ffi::Error dr_update_fixed(ffi::Buffer<DS> zb, ffi::Buffer<D> mu, ffi::Buffer<D>
   R<S>* qb = reinterpret_cast<R<S>*>(ob->typed_data());
   const T *pmu = mu.typed_data(), *px = x.typed_data(), *pvb = vb.typed_data();
   T* pr = res->typed_data();
-  const int64_t G = std::min<int64_t>(N, 16);
-  const int64_t per = (N + G - 1) / G;
-  over_groups(G, group_threads(N, m, n, G), [=](int64_t g) {
-    fixed_update_rows<T, S>(std::min(N, g * per), std::min(N, (g + 1) * per), m, n, px, pzb, pmu, pvb, two_r, qb, pr);
+  by_groups(N, m, n, std::min<int64_t>(N, 16), static_cast<T*>(nullptr), [=](int64_t r0, int64_t r1, int64_t) {
+    fixed_update_rows<T, S>(r0, r1, m, n, px, pzb, pmu, pvb, two_r, qb, pr);
   });
   return ffi::Error::Success();
 }
