@@ -151,8 +151,7 @@ class CompileOptions:
         edge_dtype = self.edge_storage()
         if isinstance(alg, GradientMethod):
             return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fold_inputs=False, fuse_order=None,
-                            carry=True,
-                            schedule="colours", mesh=spec, edge_dtype=edge_dtype)
+                            carry=True, schedule="colours", mesh=spec, edge_dtype=edge_dtype)
         two = colours == 2
         why = LOWERINGS[self.lowering].refusals(alg, self, colours)
         if why:
@@ -175,9 +174,8 @@ class CompileOptions:
                 meshes.size(spec, "model") == 1:
             fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
         return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fold_inputs=fold,
-                        fuse_order=fuse_order,
-                        carry=self.warm_start, schedule="layers" if alg.uses_layers else "colours", mesh=spec,
-                        edge_dtype=edge_dtype)
+                        fuse_order=fuse_order, carry=self.warm_start,
+                        schedule="layers" if alg.uses_layers else "colours", mesh=spec, edge_dtype=edge_dtype)
 
 
 # The class order of the native fused DR step, by algorithm type: DR projects onto P0 then

@@ -127,6 +127,8 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         # the families whose DR step the native kernels run, when the native step is used
         "fused_families": sorted(solver.program.strategies(FusedSums)) if solver.program.native_step(solver.algorithm)
         else [],
+        # the families that project with the input held fixed (fold_inputs: DR and DM)
+        "folded_families": sorted(n for n, s in solver.program.storage.items() if getattr(s, "fixed", None)),
         "devices": solver.devices,
         "mesh": dict(solver.mesh),
         "processes": solver.processes,

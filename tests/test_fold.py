@@ -79,3 +79,19 @@ def test_folded_update_differs_from_the_unfolded_one():
     assert not np.allclose(out[True]["K"], out[False]["K"])
     for k in params:
         assert not np.allclose(out[True][k], params[k])
+
+
+def test_cli_reports_the_folded_families_and_turns_folding_off(capsys):
+    """``train --json`` names the folded families; ``--no-fold-inputs`` gives none (and the
+    paper's edge state)."""
+    import json
+
+    from feascomp.cli import main
+
+    reports = {}
+    for flags in ([], ["--no-fold-inputs"]):
+        assert main(["train", MLP, "--dataset", "digits", "--updates", "1", "--steps-per-batch", "2", "--batch-size", "16",
+                     "--json", "--no-progress", *flags]) == 0
+        reports[bool(flags)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reports[False]["folded_families"] == ["0"] and reports[True]["folded_families"] == []
+    assert reports[True]["device_state_bytes"] > reports[False]["device_state_bytes"]

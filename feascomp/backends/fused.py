@@ -26,7 +26,7 @@ import math
 from ..algorithms import DifferenceMap, DouglasRachford
 from ..ir.feasibility import BroadcastMap, Edge, sum_axes
 from ..ir.maps import ChainMap
-from .storage import InputsNotStored, Storage
+from .storage import InputsNotStored, Storage, project_folded
 
 SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
 FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: results do not depend on threads)
@@ -187,9 +187,7 @@ class FoldedSums(InputsNotStored, FusedSums):
         self.native_keys = self.edge_keys
 
     def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
-        from .storage import FoldedInputs
-
-        FoldedInputs.project(self, program, xp, z, new, data, slot)
+        project_folded(self, program, xp, z, new, data, slot)
 
     def inputs(self, xp, data: dict):
         """The input's rows the kernels hold port a at: [rows, k] (a conv's patches)."""

@@ -173,13 +173,20 @@ class FoldedInputs(ElidedInputs):
         self.fixed = fixed
 
     def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
-        info = self.info
-        ins, ybar, w = program.read_function(xp, info, z, data)
-        xs, y = info.prim.project_fixed(ins, self.fixed, ybar, w)
-        for (_, n, es), x, f in zip(info.in_ports, xs, self.fixed):
-            if not f:
-                program.put(xp, es, n, x, new)
-        program.write_out(xp, info, y, new, data, slot)
+        project_folded(self, program, xp, z, new, data, slot)
+
+
+def project_folded(storage, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
+    """A folded family's projection (its ports flagged in ``storage.fixed`` held at the
+    input, through the primitive's ``fixed_rule``), written into ``new``: the generic
+    path of FoldedInputs and of fused.FoldedSums outside the native step."""
+    info = storage.info
+    ins, ybar, w = program.read_function(xp, info, z, data)
+    xs, y = info.prim.project_fixed(ins, storage.fixed, ybar, w)
+    for (_, n, es), x, f in zip(info.in_ports, xs, storage.fixed):
+        if not f:
+            program.put(xp, es, n, x, new)
+    program.write_out(xp, info, y, new, data, slot)
 
 
 def fixed_ports(analysis: PlanAnalysis, info: FamilyInfo) -> tuple[bool, ...] | None:
