@@ -167,3 +167,63 @@ def test_lowered_steps_use_xlas_form():
     s = feascomp.compile("examples/digits_mlp.fc", batch_size=8, steps=1)
     dots = [i for i in s.program.info.values() if i.family.is_function and i.family.kind == "dot"]
     assert dots and all(i.prim.opts["kernel"] == "xla" for i in dots)
+
+
+@st.composite
+def max_rows(draw):
+    """Rows for the max projection: every path of the kernel -- rows of at most TOP + 1
+    values (sorted), active sets among the TOP + 1 largest (selected), larger ones (by
+    iteration), y0 above the max -- with ties (integer values) and weights."""
+    count = draw(st.integers(1, 30))
+    n = draw(st.sampled_from([1, 2, 5, 9, 10, 33, 100]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x0 = rng.integers(-3, 4, size=(count, n)).astype(float) if draw(st.booleans()) else rng.normal(size=(count, n))
+    top = np.max(x0, axis=-1)
+    # y0 about the max (small active sets), far below it (large ones), above it (m = 1)
+    y0 = top + rng.choice([-0.3, -5.0, 2.0], size=count) * rng.random(count)
+    w = draw(st.sampled_from(["one", "scalar", "nodes"]))
+    w = 1.0 if w == "one" else 0.7 if w == "scalar" else rng.integers(1, 20, count).astype(float)
+    return x0, y0, w
+
+
+@settings(max_examples=60, deadline=None)
+@given(max_rows(), st.sampled_from([np.float32, np.float64]), st.sampled_from(["max", "min"]))
+def test_max_kernel_equals_the_reference_projection(case, dtype, name):
+    """The native max projection (min: of the negated rows) against the NumPy run of
+    primitives/maxmin.py: the same output, the same active entries (ties: the first by
+    index), on the graph."""
+    import jax
+    import jax.numpy as jnp
+
+    x0, y0, w = case
+    sign = 1 if name == "max" else -1
+    x0, y0 = (sign * x0).astype(dtype), (sign * y0).astype(dtype)
+    prim = P.get(name)
+    (rx,), ry = prim.project((x0,), y0, w)
+    with jax.enable_x64(dtype == np.float64):
+        wj = w if np.isscalar(w) else jnp.asarray(w, dtype)
+        (x,), y = jax.jit(lambda a, b: prim.project((a,), b, wj))(jnp.asarray(x0), jnp.asarray(y0))
+        x, y = np.asarray(x), np.asarray(y)
+    tol = 64 * np.finfo(dtype).eps * (1 + np.max(np.abs(x0)) + np.max(np.abs(y0)))
+    np.testing.assert_allclose(y, ry, rtol=0, atol=tol)
+    np.testing.assert_allclose(x, rx, rtol=0, atol=tol)
+    reduce = np.max if name == "max" else np.min
+    assert np.all(reduce(x, axis=-1) == y)
+
+
+def test_max_kernel_on_many_rows_equals_xla():
+    """A max-pool's shape (rows of 784, enough for every thread): the same as XLA's form."""
+    rng = np.random.default_rng(5)
+    x0 = rng.normal(size=(3000, 784)).astype(np.float32)
+    y0 = (np.max(x0, axis=-1) + rng.normal(size=3000) * 0.5).astype(np.float32)
+    y0[::7] -= 3.0  # some large active sets
+    w = rng.integers(1, 5, 3000).astype(np.float32)
+    import jax
+
+    out = [jax.jit(lambda a, b, c, p=P.get("max", kernel=k): p.project((a,), b, c))(x0, y0, w) for k in ("auto", "xla")]
+    (x, ), y = out[0]
+    (xx, ), xy = out[1]
+    np.testing.assert_allclose(np.asarray(y), np.asarray(xy), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(xx), rtol=1e-5, atol=1e-5)
+    assert P.get("max", kernel="fast").check({"x": 3}).startswith("kernel must be one of")

@@ -273,7 +273,7 @@ def test_max_selects_rather_than_sorts_and_is_not_quadratic():
     fallback (XLA's sort and top_k on CPU cost ~250 ns per entry: benchmarks/max_fanin.py)."""
     import jax
 
-    p = P.get("max")
+    p = P.get("max", kernel="xla")  # the reference form (the native kernel: tests/test_kernels.py)
     x = jax.numpy.zeros((4, 512))
     jaxpr = jax.make_jaxpr(lambda x, y: p.project((x,), y))(x, jax.numpy.zeros(4))
     shapes = [v.aval.shape for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars]
@@ -282,12 +282,14 @@ def test_max_selects_rather_than_sorts_and_is_not_quadratic():
     assert "cond" in names and not names & {"sort", "top_k"}  # sorting is inside the cond
 
 
+@pytest.mark.parametrize("kernel", ["xla", "auto"])
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from([10, 17, 40]), st.integers(0, 2**31 - 1), st.booleans())  # few shapes: few compiles
-def test_max_by_selection_is_the_sort_based_projection(n, seed, wide):
+def test_max_by_selection_is_the_sort_based_projection(kernel, n, seed, wide):
     """Past TOP + 1 inputs the projection is decided by the largest TOP + 1 (the first valid
     candidate), falling back to the sort for nodes with larger active sets: the same
-    point as the sort over all candidates, in NumPy and in JAX, ties included."""
+    point as the sort over all candidates, in NumPy and in JAX (XLA's form and the native
+    kernel), ties included."""
     import jax
     from feascomp.primitives import maxmin
 
@@ -300,7 +302,7 @@ def test_max_by_selection_is_the_sort_based_projection(n, seed, wide):
     (x,), got = maxmin.project_max(np, {}, (x0,), y0, w)
     np.testing.assert_allclose(got, y, rtol=1e-12, atol=1e-12)
     with jax.enable_x64(True):
-        (xj,), yj = jax.jit(lambda a, b, c: maxmin.project_max(jax.numpy, {}, (a,), b, c))(x0, y0, w)
+        (xj,), yj = jax.jit(lambda a, b, c: maxmin.project_max(jax.numpy, {"kernel": kernel}, (a,), b, c))(x0, y0, w)
     np.testing.assert_allclose(np.asarray(yj), y, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(xj), x, rtol=1e-12, atol=1e-12)
     assert np.all(np.max(x, axis=-1) == got)

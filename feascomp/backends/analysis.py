@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -89,13 +89,13 @@ def _degree(f: Family, out: list[Edge]):
 
 class PlanAnalysis:
     """The static facts of a plan (see the module docstring). ``schedule``: the classes a
-    step projects onto in turn, ``colours`` (AP, DR, DM) or ``layers`` (CP). ``kernel``: the
-    implementation a primitive that offers several (option ``kernel``) runs here unless its
-    family names one (a lowering's choice: backends/lowering.py); None: the primitive's
-    default."""
+    step projects onto in turn, ``colours`` (AP, DR, DM) or ``layers`` (CP). ``kernels``: by
+    primitive name, the implementation a primitive that offers several (option ``kernel``)
+    runs here unless its family names one (a lowering's choice: backends/lowering.py); a
+    primitive not named keeps its default."""
 
     def __init__(self, plan: FeasModule, *, loss_options: dict | None = None, schedule: str = "colours",
-                 kernel: str | None = None):
+                 kernels: Mapping[str, str] | None = None):
         self.plan = plan
         self.info: dict[str, FamilyInfo] = {}
         for f in plan.families:
@@ -107,6 +107,7 @@ class PlanAnalysis:
             info = FamilyInfo(f, ins, out, _degree(f, out))
             if f.is_function:
                 info.prim = get(f.kind, **f.options())
+                kernel = (kernels or {}).get(f.kind)
                 if kernel is not None and "kernel" in info.prim.defaults and "kernel" not in f.options():
                     info.prim = info.prim.with_options(kernel=kernel)
             elif f.kind == "target":

@@ -15,14 +15,18 @@ the projections, and the algorithms, are the same for every lowering; a native s
 - ``collapsed``: dense layers keep their producers' values and per-node coefficients
   instead of their edges (backends/collapsed.py); the rest as materialized.
 
-Inside a lowered step XLA's own form of a projection is faster than a primitive's native
+Inside a lowered step XLA's own form of the dot projection is faster than its native
 kernel (feascomp/kernels): the inputs arrive through maps and the algorithm's arithmetic,
 which XLA fuses into the projection's passes and a custom call needs materialized
 (measured, 784-128-10, K = 10: AP 56 against 77 ms per step, DR equal;
-docs/performance.md). So both lowerings ask for ``kernel = "xla"`` on primitives that
-offer a choice (:attr:`Lowering.kernel`), unless a family names its own.
+docs/performance.md). So both lowerings ask for ``kernel = "xla"`` on dot and mul
+(:attr:`Lowering.kernels`), unless a family names its own. max and min keep their native
+kernel: XLA's form takes TOP + 1 passes over the rows where the kernel takes one (the
+1x32 CNN's global max-pool: docs/performance.md).
 """
 from __future__ import annotations
+
+import math
 
 from . import fused
 from . import mesh as meshes
@@ -37,7 +41,8 @@ class Lowering:
     """The materialized lowering, and the interface a lowering implements."""
 
     name = "materialized"
-    kernel: str | None = "xla"
+    # by primitive: the implementation its projection runs here (option ``kernel``)
+    kernels = {"dot": "xla", "mul": "xla"}
 
     def refusals(self, algorithm, options, colours: int) -> list[str]:
         """What this lowering needs that ``options`` (with ``algorithm``, on a plan of
@@ -63,8 +68,13 @@ class Lowering:
         return Storage(analysis, info)
 
     def lower(self, plan, resolved, options) -> Program:
+        kernels = dict(self.kernels)
+        if math.prod(n for _, n in resolved.mesh) > 1:
+            # over several devices XLA partitions the step, and would replicate a custom call
+            # (the whole batch's rows gathered onto each device): max and min in XLA's form
+            kernels.update(max="xla", min="xla")
         analysis = PlanAnalysis(plan, loss_options=dict(options.loss_options), schedule=resolved.schedule,
-                                kernel=self.kernel)
+                                kernels=kernels)
         model = meshes.size(resolved.mesh, "model")
         if model > 1:  # the model axis splits dense layers' units: some must divide
             units = {f.name: f.type.shape[1] for f in plan.families
@@ -110,6 +120,6 @@ LOWERINGS: dict[str, Lowering] = {"materialized": Materialized(), "collapsed": C
 def plain(plan, *, schedule: str = "colours", weighted: bool = False) -> Program:
     """``plan`` with every edge stored as an array, and nothing else chosen (no elision,
     no native step): the reference form of the materialized lowering."""
-    analysis = PlanAnalysis(plan, schedule=schedule, kernel=Lowering.kernel)
+    analysis = PlanAnalysis(plan, schedule=schedule, kernels=Lowering.kernels)
     storage = {name: Storage(analysis, info) for name, info in analysis.info.items()}
     return Program(analysis, storage, lowering=Lowering.name, weighted=weighted)

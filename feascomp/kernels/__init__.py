@@ -1,13 +1,14 @@
 """Native kernels: XLA FFI custom calls for CPU, compiled from C++ on first use.
 
-One library so far, ``dot_project.cc``: the fused dot projection; the Douglas-Rachford step
+One library so far, ``dot_project.cc``: the fused dot projection; the max projection (a
+max-pool's: its few largest inputs found in one pass); the Douglas-Rachford step
 on a dense dot family's input edges (one pass in the second colour, two in the first: the
 materialized lowering's fused path), also where the input is folded into the family (only
 the b-edges stored: the ``*_fixed`` kernels); and ``fill``, which writes a forward pass's edge copies
 into donated buffers. Each does what XLA on CPU cannot fuse (several outputs written in one
 pass, reductions that read their producers) in one pass over cache-sized blocks of rows.
-The C++ mirrors ``feascomp/primitives/dot.py``, which stays the reference (and the
-fallback): tests/test_kernels.py and tests/test_fused.py check them against each other.
+The C++ mirrors ``feascomp/primitives/dot.py`` and ``maxmin.py``, which stay the reference
+(and the fallback): tests/test_kernels.py and tests/test_fused.py check them against each other.
 
 Build: the source is compiled with the system C++ compiler (``$CXX`` or ``g++``) against
 the XLA FFI headers that jaxlib ships, into a cache folder (``$FEASCOMP_CACHE`` or
@@ -36,6 +37,7 @@ SOURCES = {"dot_project": Path(__file__).with_name("dot_project.cc")}
 _EDGE_STORAGE = {"float32": "f32", "float64": "f64", "float32/float16": "f32_f16", "float32/bfloat16": "f32_bf16"}
 TARGETS = {"dot_project": {
     "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
+    "max_project": {"float32": "feascomp_max_project_f32", "float64": "feascomp_max_project_f64"},
     **{fn: {k: f"feascomp_{fn}_{v}" for k, v in _EDGE_STORAGE.items()}
        for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill", "dot_dr_step_fixed", "dot_dr_project_fixed",
                   "dot_dr_update_fixed", "dot_dr_project_chain", "dot_dr_project_fixed_chain")},
@@ -162,6 +164,16 @@ def dot_project(a0, b0, z0, w):
     out = (jax.ShapeDtypeStruct(a0.shape, dtype), jax.ShapeDtypeStruct(a0.shape, dtype),
            jax.ShapeDtypeStruct(z0.shape, dtype))
     return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a0, b0, z0, w)
+
+
+def max_project(x0, y0, w):
+    """The max projection of rows (primitives/maxmin.py's ``project_max``, its reference):
+    x0 [N, n], y0 [N], w [N] of one float dtype; returns (x [N, n], y [N])."""
+    import jax
+
+    target = TARGETS["dot_project"]["max_project"][str(x0.dtype)]
+    out = (jax.ShapeDtypeStruct(x0.shape, x0.dtype), jax.ShapeDtypeStruct(y0.shape, x0.dtype))
+    return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(x0, y0, w)
 
 
 def dot_dr_step(za, zb, pa, pb, c0, w, relax, groups: int):

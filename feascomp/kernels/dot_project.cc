@@ -1080,6 +1080,146 @@ ffi::Error fill(ffi::Buffer<DS> donor, ffi::Buffer<D> src, ffi::Buffer<D> rows, 
   return ffi::Error::Success();
 }
 
+// The max projection (Theorem 8, weighted; feascomp/primitives/maxmin.py is its reference):
+// per row, its kMaxTop + 1 largest values (repeats counted) in one pass -- blocks of 32
+// values whose maximum does not reach the current (kMaxTop + 1)-th are skipped in one
+// vector comparison, the rest inserted into a sorted list -- then the smallest valid active
+// set among them (maxmin._smallest_valid, same arithmetic); a row whose active set is larger
+// finds it by iteration on a copy of itself (maxmin._by_iteration), a row of at most
+// kMaxTop + 1 values by sorting one (maxmin._by_sort). The output: the active entries (all above the
+// cut value t, then the first of those equal to t by index) set to y, the rest copied.
+// Inputs: x0 [N, n], y0 [N], w [N]. Outputs: x [N, n], y [N].
+constexpr int kMaxTop = 8;  // maxmin.TOP
+
+// the smallest m = k + 1 <= c with xs[m] (or ``after`` for m = c) <= y_m; false if none
+template <typename T>
+bool smallest_valid(const T* xs, int64_t c, T after, T y0, T w, int64_t& k, T& y) {
+  T cum = 0;
+  for (int64_t m = 1; m <= c; ++m) {
+    cum += xs[m - 1];
+    const T ym = (cum + w * y0) / (T(m) + w);
+    if ((m < c ? xs[m] : after) <= ym) {
+      k = m - 1;
+      y = ym;
+      return true;
+    }
+  }
+  return false;
+}
+
+template <typename T>
+void max_rows(int64_t r0, int64_t r1, int64_t n, const T* x0, const T* y0, const T* w, T* x, T* y) {
+  constexpr int64_t kChunk = 32;
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  std::vector<T> sorted;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* row = x0 + i * n;
+    T* out = x + i * n;
+    T top[kMaxTop + 1];  // the candidates, descending
+    int64_t k = 0;
+    T yv = 0;
+    bool found = false;
+    if (n > kMaxTop + 1) {
+      std::fill(top, top + kMaxTop + 1, -kInf);
+      for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+        const int64_t j1 = std::min(n, j0 + kChunk);
+        T cmax = -kInf;
+#pragma omp simd reduction(max : cmax)
+        for (int64_t j = j0; j < j1; ++j) cmax = std::max(cmax, row[j]);
+        if (!(cmax > top[kMaxTop])) continue;
+        for (int64_t j = j0; j < j1; ++j) {
+          const T v = row[j];
+          if (!(v > top[kMaxTop])) continue;
+          int p = kMaxTop;
+          for (; p > 0 && top[p - 1] < v; --p) top[p] = top[p - 1];
+          top[p] = v;
+        }
+      }
+      found = smallest_valid<T>(top, kMaxTop, top[kMaxTop], y0[i], w[i], k, yv);
+    }
+    T t;
+    int64_t need;  // entries equal to t that join the ones above it
+    if (found) {
+      t = top[k];
+      need = k + 1;
+      for (int64_t p = 0; p < k; ++p) need -= top[p] > t;
+    } else if (n <= kMaxTop + 1) {
+      sorted.assign(row, row + n);
+      std::sort(sorted.begin(), sorted.end(), [](T a, T b) { return a > b; });
+      smallest_valid<T>(sorted.data(), n, -kInf, y0[i], w[i], k, yv);  // m = n is always valid
+      t = sorted[k];
+      need = k + 1;
+      for (int64_t p = 0; p < k; ++p) need -= sorted[p] > t;
+    } else {
+      // a larger active set (maxmin._by_iteration): all active, y = (sum + w y0) / (m + w),
+      // keep the entries above y, repeat until the set stops changing (y never decreases)
+      sorted.assign(row, row + n);
+      int64_t m = n;
+      for (;;) {
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t p = 0; p < m; ++p) sum += sorted[p];
+        yv = (sum + w[i] * y0[i]) / (T(m) + w[i]);
+        int64_t kept = 0;
+        for (int64_t p = 0; p < m; ++p) {
+          if (sorted[p] > yv) sorted[kept++] = sorted[p];
+        }
+        if (kept == m) break;
+        m = kept;
+        if (m == 0) break;
+      }
+      if (m == 0) {  // y0 lies above the max, which alone is raised
+        T top1 = -kInf;
+        for (int64_t j = 0; j < n; ++j) top1 = std::max(top1, row[j]);
+        yv = (top1 + w[i] * y0[i]) / (T(1) + w[i]);
+        t = top1;
+        need = 1;
+      } else {
+        t = *std::min_element(sorted.begin(), sorted.begin() + m);
+        need = 0;  // the set was cut at a level below t: every entry equal to t is in it
+        for (int64_t p = 0; p < m; ++p) need += sorted[p] == t;
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] = row[j] > t ? yv : row[j];
+    for (int64_t j = 0; j < n && need > 0; ++j) {
+      if (row[j] == t) {
+        out[j] = yv;
+        --need;
+      }
+    }
+    y[i] = yv;
+  }
+}
+
+template <typename T, ffi::DataType D>
+ffi::Error max_project(ffi::Buffer<D> x0, ffi::Buffer<D> y0, ffi::Buffer<D> w, ffi::ResultBuffer<D> x,
+                       ffi::ResultBuffer<D> y) {
+  auto dims = x0.dimensions();
+  if (dims.size() < 1 || dims.back() < 1) return ffi::Error::InvalidArgument("max_project: x0 must be [..., n], n >= 1");
+  const int64_t n = dims.back();
+  const int64_t N = static_cast<int64_t>(x0.element_count()) / n;
+  if (static_cast<int64_t>(y0.element_count()) != N || static_cast<int64_t>(w.element_count()) != N) {
+    return ffi::Error::InvalidArgument("max_project: shapes disagree");
+  }
+  const T* px = x0.typed_data();
+  const T* py = y0.typed_data();
+  const T* pw = w.typed_data();
+  T* ox = x->typed_data();
+  T* oy = y->typed_data();
+  int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), 16));
+  threads = std::min<int64_t>(threads, std::max<int64_t>(1, N * n / (1 << 16)));
+  const int64_t per = (N + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t r0 = std::min(N, t * per), r1 = std::min(N, (t + 1) * per);
+    pool.emplace_back([=] { max_rows<T>(r0, r1, n, px, py, pw, ox, oy); });
+  }
+  max_rows<T>(0, std::min(N, per), n, px, py, pw, ox, oy);
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The handlers' bindings: A buffer arguments and R buffer results of dtype D, the edge
@@ -1144,3 +1284,5 @@ FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32, dr_update_fixed, float, float, 
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f64, dr_update_fixed, double, double, ffi::F64, ffi::F64, 1, 4, 1, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_f16, dr_update_fixed, float, half, ffi::F32, ffi::F16, 1, 4, 1, 1)
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_bf16, dr_update_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 4, 1, 1)
+FEASCOMP_HANDLER(feascomp_max_project_f32, max_project, float, ffi::F32, 3, 2)
+FEASCOMP_HANDLER(feascomp_max_project_f64, max_project, double, ffi::F64, 3, 2)

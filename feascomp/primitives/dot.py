@@ -159,14 +159,14 @@ def check_kernel_option(opts) -> str | None:
     return None
 
 
-def _kernel_applies(xp, opts, a0, b0, z0, w) -> bool:
-    """Whether the fused native kernel (feascomp/kernels) computes this projection: under
-    JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it off), float32 or
-    float64, and the kernel built on this machine."""
+def kernel_applies(xp, opts, a0) -> bool:
+    """Whether a native kernel (feascomp/kernels) computes this projection, on inputs like
+    ``a0``: under JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it
+    off), float32 or float64, and the kernel built on this machine."""
     error = check_kernel_option(opts)
     if error:
         raise ValueError(error)
-    if xp is np or opts["kernel"] != "auto":
+    if xp is np or opts.get("kernel", "auto") != "auto":
         return False
     if str(a0.dtype) not in ("float32", "float64") or a0.size == 0 or a0.ndim < 1:
         return False
@@ -195,7 +195,7 @@ def _project_kernel(xp, a0, b0, z0, w):
 
 def project_dot(xp, opts, inputs, z0, w):
     a0, b0 = inputs
-    if _kernel_applies(xp, opts, a0, b0, z0, w):
+    if kernel_applies(xp, opts, a0):
         # the same arithmetic as below in one pass over cache-sized blocks of rows
         return _project_kernel(xp, a0, b0, z0, w)
     dtype = a0.dtype

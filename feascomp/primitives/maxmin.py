@@ -18,6 +18,10 @@ projection moves its few largest inputs -- and a node whose active set is larger
 back to a sort of its values (``lax.cond``: only when some node needs it). The reference
 implementation builds an n x n candidate matrix per node.
 
+Under JAX on CPU the projection is a native kernel by default (feascomp/kernels:
+``max_project``, the same selection and arithmetic in one pass over each row; option
+``kernel="xla"`` keeps this module's code, which is its reference).
+
 min(x) = -max(-x).
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import math
 import numpy as np
 
 from .base import Port, Primitive
+from .dot import check_kernel_option, kernel_applies
 from .registry import register
 
 TOP = 8  # candidates found by selection; a node whose active set is larger sorts
@@ -113,8 +118,23 @@ def _by_sort(xp, x0, y0, wv):
     return k, y, t
 
 
+def _project_kernel(xp, x0, y0, w):
+    from .. import kernels
+
+    shape = xp.broadcast_shapes(x0.shape[:-1], xp.shape(y0), xp.shape(w))
+    n = x0.shape[-1]
+    count = math.prod(shape)
+    rows = xp.reshape(xp.broadcast_to(x0, shape + (n,)), (count, n))
+    y0 = xp.reshape(xp.broadcast_to(y0, shape), (count,))
+    w = xp.reshape(xp.broadcast_to(w, shape), (count,)).astype(x0.dtype)
+    x, y = kernels.max_project(rows, y0, w)
+    return (xp.reshape(x, shape + (n,)),), xp.reshape(y, shape)
+
+
 def project_max(xp, opts, inputs, y0, w):
     (x0,) = inputs
+    if kernel_applies(xp, opts, x0):
+        return _project_kernel(xp, x0, y0, w)
     n = x0.shape[-1]
     wv = w[..., None] if getattr(w, "ndim", 0) else w
     if n > TOP + 1:
@@ -152,8 +172,9 @@ max_ = register(
         ports=(Port("x", vector=True),),
         forward_rule=lambda xp, opts, x: xp.max(x, axis=-1),
         project_rule=project_max,
-        shape_rule=lambda lengths, opts: None,
+        shape_rule=lambda lengths, opts: check_kernel_option(opts),
         doc="y = max_i x_i  (Theorem 8)",
+        defaults={"kernel": "auto"},
     )
 )
 
@@ -163,7 +184,8 @@ min_ = register(
         ports=(Port("x", vector=True),),
         forward_rule=lambda xp, opts, x: xp.min(x, axis=-1),
         project_rule=project_min,
-        shape_rule=lambda lengths, opts: None,
+        shape_rule=lambda lengths, opts: check_kernel_option(opts),
         doc="y = min_i x_i",
+        defaults={"kernel": "auto"},
     )
 )
