@@ -69,9 +69,11 @@ class Lowering:
 
     def lower(self, plan, resolved, options) -> Program:
         kernels = dict(self.kernels)
-        if math.prod(n for _, n in resolved.mesh) > 1:
-            # over several devices XLA partitions the step, and would replicate a custom call
-            # (the whole batch's rows gathered onto each device): max and min in XLA's form
+        # over several devices XLA partitions the step, and would replicate a custom call
+        # (the whole batch's rows gathered onto each device): max and min in XLA's form, and
+        # no fusion boundaries (Program._kept)
+        one_device = math.prod(n for _, n in resolved.mesh) == 1
+        if not one_device:
             kernels.update(max="xla", min="xla")
         analysis = PlanAnalysis(plan, loss_options=dict(options.loss_options), schedule=resolved.schedule,
                                 kernels=kernels)
@@ -91,7 +93,7 @@ class Lowering:
             # the native kernels do not build here: the plain edges throughout
             storage = {n: Storage(analysis, s.info) if isinstance(s, fused.FusedSums) else s for n, s in storage.items()}
         return Program(analysis, storage, lowering=self.name, weighted=options.weighted, slots=slots,
-                       mesh_spec=resolved.mesh)
+                       mesh_spec=resolved.mesh, boundaries=one_device and fused.available())
 
 
 Materialized = Lowering

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
 from .analysis import FamilyInfo, PlanAnalysis, gather, target_labels
 from .storage import Storage
@@ -56,11 +57,15 @@ class Program:
     """The plan's projections over the states its storages define. ``lowering``: the
     lowering's name (native steps are looked up by algorithm type and lowering);
     ``slots``: which slot each projection writes (collapsed.SlotPlan) or None (one
-    place per value); ``weighted``: project with the out-degree as the output's weight."""
+    place per value); ``weighted``: project with the out-degree as the output's weight;
+    ``boundaries``: materialize each projection's outputs once (:meth:`_kept`)."""
 
     def __init__(self, analysis: PlanAnalysis, storage: dict[str, Storage], *, lowering: str,
-                 weighted: bool = False, slots=None, mesh_spec: tuple = ()):
+                 weighted: bool = False, slots=None, mesh_spec: tuple = (), boundaries: bool = False):
         self.analysis = analysis
+        # materialize each projection's outputs (kernels.keep; the lowering decides: one
+        # device, the native kernels built here)
+        self.boundaries = boundaries
         self.storage = storage
         self.lowering = lowering
         self.weighted = weighted
@@ -264,7 +269,7 @@ class Program:
                 self.storage[name].project(self, xp, z, new, data, slot)
             else:
                 ins, ybar, w = self.read_function(xp, info, z, data)
-                new_ins, y = info.prim.project(ins, ybar, w)
+                new_ins, y = self._kept(xp, info.prim.project(ins, ybar, w))
                 for (_, n, es), x in zip(info.in_ports, new_ins):
                     self.put(xp, es, n, x, new)
                 self.write_out(xp, info, y, new, data, slot)
@@ -296,7 +301,7 @@ class Program:
             if n:
                 parts = [p if p.shape[1] == n else xp.pad(p, ((0, 0), (0, n - p.shape[1]))) for p in parts]
             stacked.append(xp.concatenate(parts, axis=0))
-        xs, y = prim.project(stacked, xp.concatenate(ybars), xp.concatenate(weights))
+        xs, y = self._kept(xp, prim.project(stacked, xp.concatenate(ybars), xp.concatenate(weights)))
         start = 0
         for info, count in zip(infos, counts):
             shape = info.family.type.shape
@@ -305,6 +310,19 @@ class Program:
                 self.put(xp, es, n, xp.reshape(part[:, :n] if n else part, shape + ((n,) if n else ())), new)
             self.write_out(xp, info, xp.reshape(y[start : start + count], shape), new, data, slot)
             start += count
+
+    def _kept(self, xp, projected):
+        """A projection's outputs (inputs, output), each materialized once where
+        ``boundaries``: XLA on CPU would otherwise recompute the whole projection in each
+        consumer's loop fusion -- one per output array, each re-reading every input (and
+        re-transposing a transposed read). Measured: 1x32 CNN DR step 201 -> 175 ms, AP 382
+        -> 317, character RNN AP 335 -> 223; MLPs unchanged (docs/performance.md)."""
+        if not self.boundaries or xp is np:
+            return projected
+        from .. import kernels
+
+        ins, y = projected
+        return tuple(kernels.keep(x) for x in ins), kernels.keep(y)
 
     # native steps ------------------------------------------------------------------------
     def native_step(self, algorithm):

@@ -38,6 +38,7 @@ _EDGE_STORAGE = {"float32": "f32", "float64": "f64", "float32/float16": "f32_f16
 TARGETS = {"dot_project": {
     "dot_project": {"float32": "feascomp_dot_project_f32", "float64": "feascomp_dot_project_f64"},
     "max_project": {"float32": "feascomp_max_project_f32", "float64": "feascomp_max_project_f64"},
+    "keep": {"any": "feascomp_keep"},
     **{fn: {k: f"feascomp_{fn}_{v}" for k, v in _EDGE_STORAGE.items()}
        for fn in ("dot_dr_step", "dot_dr_project", "dot_dr_update", "fill", "dot_dr_step_fixed", "dot_dr_project_fixed",
                   "dot_dr_update_fixed", "dot_dr_project_chain", "dot_dr_project_fixed_chain")},
@@ -164,6 +165,18 @@ def dot_project(a0, b0, z0, w):
     out = (jax.ShapeDtypeStruct(a0.shape, dtype), jax.ShapeDtypeStruct(a0.shape, dtype),
            jax.ShapeDtypeStruct(z0.shape, dtype))
     return jax.ffi.ffi_call(target, out, vmap_method="broadcast_all")(a0, b0, z0, w)
+
+
+def keep(x):
+    """``x`` materialized once, as a fusion boundary: XLA on CPU recomputes a shared
+    elementwise producer in each of its consumers' loop fusions (and drops
+    ``optimization_barrier`` before fusing); a custom call's operand is computed once. The
+    result aliases the operand: nothing is copied."""
+    import jax
+
+    call = jax.ffi.ffi_call(TARGETS["dot_project"]["keep"]["any"], jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            input_output_aliases={0: 0}, vmap_method="broadcast_all")
+    return call(x)
 
 
 def max_project(x0, y0, w):

@@ -1220,6 +1220,15 @@ ffi::Error max_project(ffi::Buffer<D> x0, ffi::Buffer<D> y0, ffi::Buffer<D> w, f
   return ffi::Error::Success();
 }
 
+// A fusion boundary: the operand materialized once and returned as the result (aliased, so
+// nothing to do; copied if XLA gave another buffer). XLA on CPU otherwise recomputes a
+// shared elementwise producer -- a projection, a transposed read -- in every consumer's
+// loop fusion (it drops optimization barriers before fusing).
+ffi::Error keep(ffi::AnyBuffer in, ffi::Result<ffi::AnyBuffer> out) {
+  if (in.untyped_data() != out->untyped_data()) std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The handlers' bindings: A buffer arguments and R buffer results of dtype D, the edge
@@ -1286,3 +1295,4 @@ FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_f16, dr_update_fixed, float, hal
 FEASCOMP_EDGES(feascomp_dot_dr_update_fixed_f32_bf16, dr_update_fixed, float, bf16, ffi::F32, ffi::BF16, 1, 4, 1, 1)
 FEASCOMP_HANDLER(feascomp_max_project_f32, max_project, float, ffi::F32, 3, 2)
 FEASCOMP_HANDLER(feascomp_max_project_f64, max_project, double, ffi::F64, 3, 2)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(feascomp_keep, keep, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
