@@ -640,7 +640,11 @@ template <typename T>
 void fixed_first_short(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __restrict xs, const T* __restrict zb,
                        const T* __restrict c0, const T* __restrict w, T k1, T k0, T* __restrict y, T* __restrict mus,
                        T* __restrict sb) {
-  std::vector<T> dots(m), murep(m * n), xrep(m * n);
+  // sb += k1 (V - mu x) - k0 V, summed over the rows: (k1 - k0) V per row, and the sum of
+  // the rows' outer products mu x^T kept apart with the nodes innermost (acc[t * m + j]),
+  // subtracted once at the end -- no per-row m x n copies of mu and x
+  std::vector<T> dots(m), acc(n * m, T(0));
+  const T kv = k1 - k0;
   for (int64_t i = i0; i < i1; ++i) {
     const T* xi = xs + i * n;
     const T* V = zb + i * m * n;
@@ -663,14 +667,16 @@ void fixed_first_short(int64_t i0, int64_t i1, int64_t m, int64_t n, const T* __
       mi[j] = mu;
       yi[j] = ci[j] + mu * winv;
     }
-    for (int64_t j = 0; j < m; ++j) {
-      for (int64_t t = 0; t < n; ++t) {
-        murep[j * n + t] = mi[j];
-        xrep[j * n + t] = xi[t];
-      }
-    }
 #pragma omp simd
-    for (int64_t k = 0; k < m * n; ++k) sb[k] += k1 * (V[k] - murep[k] * xrep[k]) - k0 * V[k];
+    for (int64_t k = 0; k < m * n; ++k) sb[k] += kv * V[k];
+    for (int64_t t = 0; t < n; ++t) {
+      const T xt = xi[t];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) acc[t * m + j] += xt * mi[j];
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    for (int64_t t = 0; t < n; ++t) sb[j * n + t] -= k1 * acc[t * m + j];
   }
 }
 
