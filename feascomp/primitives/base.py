@@ -34,6 +34,36 @@ from typing import Any
 import numpy as np
 
 
+KERNEL_CHOICES = ("auto", "xla")
+
+
+def check_kernel_option(opts) -> str | None:
+    """The ``kernel`` option's error text, or None (dot, mul, max and min take it)."""
+    if opts.get("kernel", "auto") not in KERNEL_CHOICES:
+        return f"kernel must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {opts['kernel']!r}"
+    return None
+
+
+def kernel_applies(xp, opts, a0) -> bool:
+    """Whether a native kernel (feascomp/kernels) computes this projection, on inputs like
+    ``a0``: under JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it
+    off), float32 or float64, and the kernel built on this machine."""
+    error = check_kernel_option(opts)
+    if error:
+        raise ValueError(error)
+    if xp is np or opts.get("kernel", "auto") != "auto":
+        return False
+    if str(a0.dtype) not in ("float32", "float64") or a0.size == 0 or a0.ndim < 1:
+        return False
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False
+    from .. import kernels
+
+    return kernels.load("dot_project")
+
+
 def namespace(*arrays: Any):
     """jax.numpy if any argument is a JAX array (or tracer), else NumPy."""
     import jax

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from .registry import register
-from .base import Port, Primitive, eps, while_loop
+from .base import Port, Primitive, check_kernel_option, eps, kernel_applies, while_loop
 
 
 def forward_dot(xp, opts, a, b):
@@ -147,36 +147,6 @@ def _coefficients(xp, A2, B2, z0, w, dtype):
     ka = (cu * u_s + cv * v_s, cu * u_d + cv * v_d, cu * u_e + cv * v_e)
     kb = (cu * u_s - cv * v_s, cu * u_d - cv * v_d, cu * u_e - cv * v_e)
     return ka, kb, z
-
-
-KERNEL_CHOICES = ("auto", "xla")
-
-
-def check_kernel_option(opts) -> str | None:
-    """The ``kernel`` option's error text, or None (dot and mul take it)."""
-    if opts.get("kernel", "auto") not in KERNEL_CHOICES:
-        return f"kernel must be one of {', '.join(map(repr, KERNEL_CHOICES))}, got {opts['kernel']!r}"
-    return None
-
-
-def kernel_applies(xp, opts, a0) -> bool:
-    """Whether a native kernel (feascomp/kernels) computes this projection, on inputs like
-    ``a0``: under JAX on CPU, option ``kernel="auto"`` (the default; ``"xla"`` turns it
-    off), float32 or float64, and the kernel built on this machine."""
-    error = check_kernel_option(opts)
-    if error:
-        raise ValueError(error)
-    if xp is np or opts.get("kernel", "auto") != "auto":
-        return False
-    if str(a0.dtype) not in ("float32", "float64") or a0.size == 0 or a0.ndim < 1:
-        return False
-    import jax
-
-    if jax.default_backend() != "cpu":
-        return False
-    from .. import kernels
-
-    return kernels.load("dot_project")
 
 
 def _project_kernel(xp, a0, b0, z0, w):

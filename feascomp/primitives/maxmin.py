@@ -30,8 +30,7 @@ import math
 
 import numpy as np
 
-from .base import Port, Primitive
-from .dot import check_kernel_option, kernel_applies
+from .base import Port, Primitive, check_kernel_option, kernel_applies
 from .registry import register
 
 TOP = 8  # candidates found by selection; a node whose active set is larger sorts

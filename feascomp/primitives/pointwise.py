@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 from .registry import register
-from .base import Port, Primitive
-from .dot import check_kernel_option, fixed_dot, project_dot
+from .base import Port, Primitive, check_kernel_option
+from .dot import fixed_dot, project_dot
 
 
 def _levels(opts):
