@@ -124,8 +124,9 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
                    state_bytes=sum(v.nbytes for v in jax.tree_util.tree_leaves(opt_state)))
     else:
         solver = feascomp.compile(os.path.join(ROOT, MODELS[model]), batch_size=batch, steps=steps, algorithm=algorithm,
-                                  lowering="materialized" if lowering in ("", "xla", "unfolded") else lowering,
+                                  lowering="materialized" if lowering in ("", "xla", "unfolded", "unfactored") else lowering,
                                   fuse_kernels=lowering != "xla", fold_inputs=lowering != "unfolded",
+                                  factor_copies=lowering != "unfactored",
                                   edge_dtype=edge or None)
         state = solver.init(solver.init_params(0))
         compile_s = solver.compile_update(state.params)
@@ -138,7 +139,7 @@ def worker(model: str, algorithm: str, batch: int, steps: int, updates: int) -> 
             jax.block_until_ready(params)
             times.append((time.perf_counter() - t0) / steps)
         fused = solver.program.native_step(solver.algorithm) is not None
-        rec.update(lowering=solver.lowering + ("+kernel" if fused else "") + (" unfolded" if lowering == "unfolded" else "")
+        rec.update(lowering=solver.lowering + ("+kernel" if fused else "") + (f" {lowering}" if lowering in ("unfolded", "unfactored") else "")
                    + (f"/{edge}" if edge else ""),
                    seconds_per_step=statistics.median(times), compile_seconds=compile_s,
                    state_bytes=solver.state_bytes)
@@ -156,7 +157,8 @@ def main():
     ap.add_argument("--algorithms", default="adam,dr,ap,ap:collapsed",
                     help="comma-separated; ALGORITHM[:LOWERING][@EDGE_DTYPE], lowering materialized (default: with the "
                          "native fused DR step where it applies, the input folded under DR and DM), xla (materialized, "
-                         "XLA's code only), unfolded (materialized, --no-fold-inputs) or collapsed; "
+                         "XLA's code only), unfolded (materialized, --no-fold-inputs), unfactored (materialized, "
+                         "--no-factor-copies: the folded layer's copies stored as arrays) or collapsed; "
                          "edge dtype float16 or bfloat16 (--edge-dtype)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10, help="projection steps per update (K)")

@@ -48,7 +48,8 @@ OPTIONS = {
     "target_accuracy": float, "batch_size": int, "steps_per_batch": int, "learning_rate": float, "momentum": float,
     "schedule": str, "relaxation": float, "beta": float, "lowering": str, "dtype": str, "edge_dtype": str,
     "weighted": bool,
-    "warm_start": bool, "no_fuse_kernels": bool, "no_fold_inputs": bool, "validation": float, "seq_len": int, "data_limit": int,
+    "warm_start": bool, "no_fuse_kernels": bool, "no_fold_inputs": bool, "no_factor_copies": bool,
+    "validation": float, "seq_len": int, "data_limit": int,
 }
 
 

@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="under DR and DM keep the input's edges as variables of the first layer's products "
                         "(the paper's splitting) instead of holding them at the input (the default: half the "
                         "first layer's edge state, a closed-form projection; docs/performance.md)")
+    t.add_argument("--no-factor-copies", action="store_true",
+                   help="where the input is folded, store the layer's copies of its other operand as arrays "
+                        "instead of one shared array plus a multiple of the input per node (same iterates; "
+                        "backends/factored.py)")
     t.add_argument("--residuals", metavar="FILE.csv", help="write per-step residuals and per-family constraint distances")
     t.add_argument("--devices", type=_whole_number(1), metavar="N",
                    help="split each batch over N devices (default: every device JAX sees; docs/distributed.md)")
@@ -338,7 +342,8 @@ def _compile_for(args, ds):
                    dtype=args.dtype, weighted=args.weighted, relaxation=args.relaxation, beta=args.beta,
                    backend=args.backend, warm_start=args.warm_start, monitor=bool(args.residuals),
                    lowering=args.lowering, fuse_kernels=not args.no_fuse_kernels,
-                   fold_inputs=not args.no_fold_inputs, max_memory=args.max_memory,
+                   fold_inputs=not args.no_fold_inputs, factor_copies=not args.no_factor_copies,
+                   max_memory=args.max_memory,
                    learning_rate=args.learning_rate, momentum=args.momentum, schedule=args.schedule,
                    decay_steps=args.updates, mesh=args.mesh, devices=args.devices, edge_dtype=args.edge_dtype)
     if args.no_identities:

@@ -41,6 +41,7 @@ class CompileOptions:
     monitor: bool = False
     elide_inputs: bool = True
     fold_inputs: bool = True
+    factor_copies: bool = True
     lowering: str = "materialized"
     fuse_kernels: bool = True
     max_memory: int | None = None
@@ -150,7 +151,8 @@ class CompileOptions:
         spec = self.mesh_spec()
         edge_dtype = self.edge_storage()
         if isinstance(alg, GradientMethod):
-            return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fold_inputs=False, fuse_order=None,
+            return Resolved(alg, steps=1, lowering="jax.grad", elide_inputs=False, fold_inputs=False,
+                            factor_copies=False, fuse_order=None,
                             carry=True, schedule="colours", mesh=spec, edge_dtype=edge_dtype)
         two = colours == 2
         why = LOWERINGS[self.lowering].refusals(alg, self, colours)
@@ -168,13 +170,18 @@ class CompileOptions:
         # DR and DM: a product node whose operand is the input projects with it held fixed
         # (backends/storage.py, FoldedInputs); AP's elision already gives its exact iterates
         fold = self.fold_inputs and type(alg) in (DouglasRachford, DifferenceMap) and self.lowering == "materialized"
+        # a folded dense or conv layer's copies of its other operand as one shared array plus
+        # a multiple of the input per node (backends/factored.py): not under a warm start (a
+        # carried coefficient would multiply the next batch's input), monitoring (its
+        # per-family distances read edges) or 16-bit edges
+        factor = fold and self.factor_copies and not self.warm_start and not self.monitor and edge_dtype == self.dtype
         fuse_order = None
         # the native kernels split the batch across devices, not a layer's units
         if self.lowering == "materialized" and self.fuse_kernels and self.backend == "jax" and \
                 meshes.size(spec, "model") == 1:
             fuse_order = FUSE_ORDER.get(type(alg), lambda a: None)(alg)
         return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fold_inputs=fold,
-                        fuse_order=fuse_order, carry=self.warm_start,
+                        factor_copies=factor, fuse_order=fuse_order, carry=self.warm_start,
                         schedule="layers" if alg.uses_layers else "colours", mesh=spec, edge_dtype=edge_dtype)
 
 
@@ -195,6 +202,7 @@ class Resolved:
     lowering: str  # "materialized", "collapsed" or "jax.grad"
     elide_inputs: bool  # AP does not store the input's edges
     fold_inputs: bool  # DR, DM: product nodes project with the input operand held fixed
+    factor_copies: bool  # folded products keep their other operand's copies as C + alpha x
     fuse_order: tuple[int, int] | None  # the fused DR step's class order, or None: no fused step
     carry: bool  # something carries between updates (edges under warm start, an optimizer's state)
     schedule: str  # "colours" (AP, DR, DM) or "layers" (CP)

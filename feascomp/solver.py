@@ -92,6 +92,7 @@ def compile(  # noqa: A001  (the public name users expect)
     monitor: bool = False,
     elide_inputs: bool = True,
     fold_inputs: bool = True,
+    factor_copies: bool = True,
     lowering: str = "materialized",
     fuse_kernels: bool = True,
     max_memory: int | None = None,
@@ -117,6 +118,10 @@ def compile(  # noqa: A001  (the public name users expect)
     -- the node's constraint becomes a hyperplane and the input's edges are not stored: half
     the first layer's edge state and no root solve there; the iterates differ from the
     unfolded splitting's (backends/storage.py, FoldedInputs; docs/performance.md);
+    ``factor_copies``: where the input is folded, keep the layer's copies of its other operand
+    as one shared array plus a multiple of the input per node instead of as arrays -- the same
+    iterates, a step of two contractions of the layer's size (backends/factored.py; not with
+    ``warm_start``, ``monitor`` or 16-bit ``edge_dtype``);
     ``lowering``: ``materialized`` (every edge stored, as in the paper) or ``collapsed``
     (AP, DR or DM, cold start, no monitor, jax backend: dense dot layers keep their
     inputs' values and per-node coefficients instead of their edges; backends/collapsed.py);
@@ -164,7 +169,8 @@ def compile(  # noqa: A001  (the public name users expect)
     options = CompileOptions.make(
         batch_size=batch_size, algorithm=algorithm, steps=steps, dtype=dtype, weighted=weighted, relaxation=relaxation,
         beta=beta, loss_options=loss_options, pipeline=pipeline, backend=backend, warm_start=warm_start,
-        monitor=monitor, elide_inputs=elide_inputs, fold_inputs=fold_inputs, lowering=lowering, fuse_kernels=fuse_kernels,
+        monitor=monitor, elide_inputs=elide_inputs, fold_inputs=fold_inputs, factor_copies=factor_copies,
+        lowering=lowering, fuse_kernels=fuse_kernels,
         max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
         decay_steps=decay_steps, mesh=mesh, devices=devices, edge_dtype=edge_dtype)
     solver = compile_tensor(tensor, options)

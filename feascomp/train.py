@@ -11,6 +11,7 @@ import numpy as np
 from . import numerics
 from .data import Dataset, batches
 from .errors import FeascompError
+from .backends.factored import FactoredCopies
 from .backends.fused import FusedSums
 from .files import atomic_write
 
@@ -129,6 +130,8 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         else [],
         # the families that project with the input held fixed (fold_inputs: DR and DM)
         "folded_families": sorted(n for n, s in solver.program.storage.items() if getattr(s, "fixed", None)),
+        # of those, the families whose copies of their other operand are stored factored (factor_copies)
+        "factored_families": sorted(solver.program.strategies(FactoredCopies)),
         "devices": solver.devices,
         "mesh": dict(solver.mesh),
         "processes": solver.processes,

@@ -7,6 +7,7 @@ import pytest
 from models import assert_matches_oracle
 
 import feascomp
+from feascomp.backends.factored import FactoredCopies
 from feascomp.backends.fused import FoldedSums
 from feascomp.backends.storage import FoldedInputs
 from feascomp.frontends.dsl import parse_model
@@ -15,14 +16,17 @@ MLP = "examples/digits_mlp.fc"
 
 
 def folded(solver):
-    return {n: type(s).__name__ for n, s in solver.program.storage.items() if isinstance(s, (FoldedInputs, FoldedSums))}
+    return {n: type(s).__name__ for n, s in solver.program.storage.items() if isinstance(s, (FoldedInputs, FoldedSums, FactoredCopies))}
 
 
 @pytest.mark.parametrize("options,fused", [(dict(algorithm="dr"), True), (dict(algorithm="dm"), True),
                                            (dict(algorithm="dr", fuse_kernels=False), False),
                                            (dict(algorithm="dm", beta=0.7), False)])
 def test_dr_and_dm_fold_the_first_layer(options, fused):
-    s = feascomp.compile(MLP, batch_size=4, steps=1, **options)
+    """Folded, and by default its copies of W factored (tests/test_factored.py); with
+    ``factor_copies=False`` stored as edges (fused where the native step applies)."""
+    assert folded(feascomp.compile(MLP, batch_size=4, steps=1, **options)) == {"0": "FactoredCopies"}
+    s = feascomp.compile(MLP, batch_size=4, steps=1, factor_copies=False, **options)
     unfolded = feascomp.compile(MLP, batch_size=4, steps=1, fold_inputs=False, **options)
     first = s.plan.families[[f.kind for f in s.plan.families].index("dot")].name  # x @ W1
     from feascomp import kernels

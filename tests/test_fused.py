@@ -169,6 +169,7 @@ models = st.tuples(
     st.booleans(),  # readout: the dots fall in the first colour
     st.sampled_from([("dr", 0.5), ("dr", 1.0), ("dr", 0.3), ("dm", None)]),  # algorithm, DR's relaxation
     st.booleans(),  # weighted
+    st.booleans(),  # the first layer's copies factored (backends/factored.py) or fused (FoldedSums)
     st.integers(0, 2**31 - 1),
 )
 
@@ -178,12 +179,12 @@ models = st.tuples(
 @given(models)
 def test_fused_step_gives_the_algorithms_iterates(case):
     """DR, and DM with beta = 1 (DR with r = 1/2 and the classes swapped)."""
-    hidden, classes, batch, readout, (algorithm, r), weighted, seed = case
+    hidden, classes, batch, readout, (algorithm, r), weighted, factor, seed = case
     widths = [3] + hidden + [classes]
     source = mlp_source(widths, [True] * len(hidden), readout=readout)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(batch, 3)), rng.integers(0, classes, batch)
-    kw = dict(steps=4, weighted=weighted, algorithm=algorithm, **({"relaxation": r} if r else {}))
+    kw = dict(steps=4, weighted=weighted, algorithm=algorithm, factor_copies=factor, **({"relaxation": r} if r else {}))
     # two updates: the second writes its forward pass into the first's buffers
     fused, pf, inf = _update(source, True, batch, x, y, updates=2, **kw)
     plain, pp, inp = _update(source, False, batch, x, y, updates=2, **kw)
@@ -218,7 +219,8 @@ def test_concat_fed_and_conv_layers_take_the_native_step(case):
         kw = dict(algorithm="dm")
     out = {}
     for fuse in (True, False):
-        solver = feascomp.compile(model, batch_size=batch, steps=3, dtype="float64", fuse_kernels=fuse, **kw)
+        solver = feascomp.compile(model, batch_size=batch, steps=3, dtype="float64", fuse_kernels=fuse,
+                                  factor_copies=False, **kw)  # the conv's copies as edges, fused
         state = solver.init(solver.init_params(1))
         infos = []
         for _ in range(2):
@@ -275,11 +277,14 @@ def test_which_families_fuse():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     mlp = os.path.join(root, "examples", "mnist_mlp.fc")
     readout = os.path.join(root, "examples", "mnist_mlp4_readout.fc")
+    # the folded first layer's copies factored by default (backends/factored.py), else fused
     s = feascomp.compile(mlp, batch_size=8, steps=1)
+    assert {n: f.first for n, f in s.program.strategies(FusedSums).items()} == {"logits": False}
+    s = feascomp.compile(mlp, batch_size=8, steps=1, factor_copies=False)
     assert {n: f.first for n, f in s.program.strategies(FusedSums).items()} == {"0": False, "logits": False}
-    s = feascomp.compile(readout, batch_size=8, steps=1)
+    s = feascomp.compile(readout, batch_size=8, steps=1, factor_copies=False)
     assert len(s.program.strategies(FusedSums)) == 8 and all(f.first for f in s.program.strategies(FusedSums).values())
-    s = feascomp.compile(mlp, batch_size=8, steps=1, algorithm="dm")  # beta = 1: DR's step, classes swapped
+    s = feascomp.compile(mlp, batch_size=8, steps=1, algorithm="dm", factor_copies=False)  # beta = 1: DR's, swapped
     assert {n: f.first for n, f in s.program.strategies(FusedSums).items()} == {"0": True, "logits": True}
     for kw in (dict(algorithm="ap"), dict(algorithm="dm", beta=0.7), dict(fuse_kernels=False),
                dict(lowering="collapsed")):
@@ -289,7 +294,7 @@ def test_which_families_fuse():
 
     from feascomp.backends.lowering import LOWERINGS
 
-    s = feascomp.compile(mlp, batch_size=8, steps=1)
+    s = feascomp.compile(mlp, batch_size=8, steps=1, factor_copies=False)
     families = tuple(dataclasses.replace(f, attrs=f.attrs + (("kernel", "xla"),)) if f.name == "logits" else f
                      for f in s.plan.families)
     program = LOWERINGS["materialized"].lower(dataclasses.replace(s.plan, families=families), s.resolved, s.options)

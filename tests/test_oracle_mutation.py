@@ -4,7 +4,9 @@ backend disagree with the NumPy scalar-graph oracle, which runs its own iteratio
 (backends/numpy_backend.py). Without the change they agree (the control).
 
 The fused DR step (backends/fused.py ``dr_step``) writes DR's update again for
-the edges outside its kernels; it is mutated the same way, with the kernels on."""
+the edges outside its kernels; it is mutated the same way, with the kernels on. Under DR
+and DM the model's first layer is folded and its copies factored (backends/factored.py),
+whose own formulas are mutated too."""
 import inspect
 import sys
 import textwrap
@@ -15,6 +17,7 @@ import pytest
 import feascomp
 from feascomp import algorithms, kernels
 from feascomp.backends import fused
+from feascomp.backends.factored import FactoredCopies
 from feascomp.frontends.dsl import parse_model
 from models import mlp_source
 
@@ -67,6 +70,11 @@ MUTATIONS = [
     ("dm", {"beta": 0.7}, algorithms.DifferenceMap, "_parts", "p - (p - x) / b", "p - 1.01 * (p - x) / b"),
     ("dm", {"beta": 0.7}, algorithms.DifferenceMap, "_parts", "p + (p - x) / b", "p + (p - 1.01 * x) / b"),
     ("dm", {"beta": 0.7}, algorithms.DifferenceMap, "step", "x + self.beta * (a - c)", "x + self.beta * (a - 1.01 * c)"),
+    # the folded first layer's copies, factored (backends/factored.py): its projection, its
+    # producer's sum, its share of the step residual
+    ("dr", {}, FactoredCopies, "project", "new[self.coef] = alpha - mu", "new[self.coef] = alpha - 1.01 * mu"),
+    ("dm", {}, FactoredCopies, "transpose", "xp.asarray(self.count, c.dtype)", "xp.asarray(self.count * 1.01, c.dtype)"),
+    ("dr", {}, FactoredCopies, "distance_sq", "+ 2 * xp.sum", "+ 2.01 * xp.sum"),
 ]
 
 
@@ -86,5 +94,6 @@ def test_changed_coefficient_is_caught(monkeypatch, algorithm, options, owner, m
 @pytest.mark.skipif(not kernels.load("dot_project"), reason="the native kernels do not build here")
 def test_changed_coefficient_in_the_fused_step_is_caught(monkeypatch):
     assert _agree("dr", {}, fuse=True)
-    _mutate(monkeypatch, fused, "dr_step", "new[k] = z[k] + 2 * r * d", "new[k] = z[k] + 2.01 * r * d")
+    _mutate(monkeypatch, fused, "dr_step", "new[k] = z[k] + 2 * r * (p1[k] - p0[k])",
+            "new[k] = z[k] + 2.01 * r * (p1[k] - p0[k])")
     assert not _agree("dr", {}, fuse=True), "a changed coefficient in the fused DR step passed the oracle comparison"

@@ -394,9 +394,12 @@ def dr_step(prog, xp, z: dict, data: dict, relaxation: float):
         moved = moved + xp.sum(res)
     for k in q:
         if not k.startswith(SUM):
-            d = p1[k] - p0[k]
-            new[k] = z[k] + 2 * r * d
-            moved = moved + xp.sum(d**2)
+            new[k] = z[k] + 2 * r * (p1[k] - p0[k])
+    for name, s in prog.storage.items():  # |P1 - P0| over the rest, as each strategy measures it
+        if name not in names:
+            part = s.distance_sq(xp, p1, p0, data)
+            if not (isinstance(part, float) and part == 0.0):
+                moved = moved + part
     return {k: new[k] for k in z}, xp.sqrt(moved)
 
 

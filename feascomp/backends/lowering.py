@@ -10,8 +10,9 @@ the projections, and the algorithms, are the same for every lowering; a native s
 (backends/fused.py) is looked up by algorithm type and lowering name.
 
 - ``materialized``: every edge one array (the paper's representation); the input's edges
-  elided under AP, folded into their product nodes under DR and DM; dense layers' edges
-  with carried sums under the native DR step.
+  elided under AP, folded into their product nodes under DR and DM, where the folded
+  layer's other operand's copies are stored factored (backends/factored.py); dense
+  layers' edges with carried sums under the native DR step.
 - ``collapsed``: dense layers keep their producers' values and per-node coefficients
   instead of their edges (backends/collapsed.py); the rest as materialized.
 
@@ -32,6 +33,7 @@ from . import fused
 from . import mesh as meshes
 from .analysis import FamilyInfo, PlanAnalysis
 from .collapsed import SlotPlan, collapsible
+from .factored import factorable
 from .lowered import np_dtype
 from .program import Program
 from .storage import ElidedInputs, FoldedInputs, Storage, fixed_ports
@@ -56,6 +58,10 @@ class Lowering:
     def storage(self, analysis: PlanAnalysis, info: FamilyInfo, resolved, slots) -> Storage:
         """The strategy that stores ``info``'s in-edges."""
         fixed = fixed_ports(analysis, info) if resolved.fold_inputs else None
+        if fixed is not None and resolved.factor_copies:
+            found = factorable(analysis, info, fixed)
+            if found is not None:
+                return found
         if resolved.fuse_order is not None and resolved.schedule == "colours" and len(analysis.classes) == 2:
             store = None if resolved.edge_dtype in ("float32", "float64") else np_dtype(resolved.edge_dtype)
             found = fused.fusable(analysis, info, resolved.fuse_order, meshes.build(resolved.mesh), store, fixed)
