@@ -16,6 +16,8 @@ Strategies in the package:
 - :class:`ElidedInputs`: the input's edges not stored under AP (below);
 - :class:`FoldedInputs`: under DR and DM, a product node with the input as an operand
   projects with it held fixed, and the input's edges are not stored (below);
+- ``FactoredCopies`` (backends/factored.py): a folded family's copies of its other
+  operand as one shared array plus a multiple of the input per node;
 - ``FusedSums`` (backends/fused.py): edges, plus the sums the native DR step carries;
 - ``CollapsedSlots`` (backends/collapsed.py): a dense layer's producers' values and
   per-node coefficients instead of its edges.
