@@ -496,14 +496,16 @@ class Solver:
                  f"{'' if self.edge_dtype == self.dtype else f', edges {self.edge_dtype}'}): "
                  f"edge state {m.edge_state} B, XLA temporaries ~{m.temporaries} B, parameters {m.params} B; "
                  f"estimated peak {resources.fmt_bytes(m.peak)}"]
+        # how a family is stored where it is not plain edges (backends/storage.py's strategies)
+        kinds = {n: f" ({s.kind})" if s.kind != "edges" else "" for n, s in self.program.storage.items()}
         if self.devices == 1:
-            lines += [f"//   %{name}: {nbytes} B" for name, nbytes in m.families if nbytes]
+            lines += [f"//   %{name}: {nbytes} B{kinds[name]}" for name, nbytes in m.families if nbytes]
             return "\n".join(lines) + "\n"
         device = self.program.family_state_bytes(self.edge_itemsize, per_device=True)
         for name, nbytes in m.families:
             if nbytes:
                 how = "split along the batch" if device[name] < nbytes else "the same on every device"
-                lines.append(f"//   %{name}: {nbytes} B, {how}: {device[name]} B per device")
+                lines.append(f"//   %{name}: {nbytes} B{kinds[name]}, {how}: {device[name]} B per device")
         comm = self.program.communication(self.algorithm, self.np_dtype.itemsize)
         per_step = sum(comm.values())
         lines.append(f"// communicated per step: all-reduces of {per_step} B (each parameter's consensus, a sum over "

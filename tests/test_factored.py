@@ -163,3 +163,13 @@ def test_cli_reports_the_factored_families_and_turns_factoring_off(capsys):
     assert reports[False]["factored_families"] == ["0"] and reports[True]["factored_families"] == []
     assert reports[False]["folded_families"] == reports[True]["folded_families"] == ["0"]
     assert reports[True]["device_state_bytes"] > reports[False]["device_state_bytes"]
+
+
+def test_dump_names_how_each_family_is_stored(capsys):
+    from feascomp.cli import main
+
+    for flags, want in (([], "//   %0: 532480 B (input folded, copies factored)"),
+                        (["--algorithm", "ap"], "//   %0: 102760448 B (edges, input elided)")):
+        assert main(["dump", "examples/mnist_mlp.fc", "--stage", "plan", "--batch-size", "256", *flags]) == 0
+        out = capsys.readouterr().out
+        assert want in out, out[-600:]
