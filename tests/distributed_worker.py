@@ -36,6 +36,10 @@ def main():
             report[f"{name}-{n}"] = {"residual": float(np.asarray(info["residual"])[-1]), "mesh": dict(s.mesh),
                                      "device_state_bytes": s.device_state_bytes, "state_bytes": s.state_bytes,
                                      "measured_device_state_bytes": shard,
+                                     # what the lowering chose for this many devices
+                                     "boundaries": s.program.boundaries,
+                                     "max_kernels": sorted({i.prim.opts["kernel"] for i in s.program.info.values()
+                                                            if i.prim is not None and i.family.kind in ("max", "min")}),
                                      "param_bytes": sum(np.asarray(v).nbytes for v in p.values())}
     print(json.dumps(report))
 

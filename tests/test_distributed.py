@@ -84,9 +84,20 @@ def test_one_and_four_devices_agree_in_float32(tmp_path, model):
     # CNN's families under the fused, XLA and collapsed steps
     configs = {f"{tag}-{a}": {"model": model, "devices": [1, 4], **kw} for a, kw in ALGORITHMS.items()
                if a not in ("cp", "dm")}
-    _run_worker(tmp_path, configs)
+    report = _run_worker(tmp_path, configs)
     for name in configs:
         _same(tmp_path, name, "float32", others=(4,))
+    # over several devices XLA partitions the step and would gather a custom call's whole
+    # batch onto each device: the lowering keeps max's projection in XLA's form and sets no
+    # fusion boundaries there (backends/lowering.py), and uses both on one device
+    from feascomp import kernels
+
+    native = kernels.load("dot_project")
+    for name in configs:
+        one, four = report[f"{name}-1"], report[f"{name}-4"]
+        assert one["boundaries"] == native and not four["boundaries"], name
+        if model == CNN:
+            assert one["max_kernels"] == ["auto"] and four["max_kernels"] == ["xla"], name
 
 
 @pytest.mark.slow
