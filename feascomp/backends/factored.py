@@ -66,6 +66,9 @@ class FactoredCopies(InputsNotStored, Storage):
         self.count = math.prod(n for a, n in enumerate(self.edge.type.shape) if a not in _final(self.edge).src_axes)
         self.shared = f"{info.name}#shared"
         self.coef = f"{info.name}#coef"
+        # data keys (per_update): what the input's edges broadcast, and |x_i|² per node
+        self.input_key = f"__input__:{info.name}"
+        self.norms_key = f"__norms__:{info.name}"
 
     # the state -----------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -94,14 +97,13 @@ class FactoredCopies(InputsNotStored, Storage):
         z[self.coef] = xp.zeros(self.nodes, c.dtype)
 
     # the contractions ------------------------------------------------------------------------
-    def _input(self, xp, data: dict):
-        """What the input's edges broadcast (a conv's patches of x)."""
-        return _stepped(xp, self.input, data[self.input.src], data)
-
-    def _norms(self, xp, sx):
-        """|x_i|² per node, shaped to broadcast against the nodes."""
+    def per_update(self, xp, data: dict) -> dict:
+        """What the input's edges broadcast (a conv's patches of x) and |x_i|² per node
+        (shaped to broadcast against the nodes): once per update."""
+        sx = _stepped(xp, self.input, data[self.input.src], data)
         n = xp.einsum(f"{self.spec_x},{self.spec_x}->{self.norm_axes}", sx, sx)
-        return xp.reshape(n, tuple(s if a in self.norm_axes else 1 for a, s in zip(self.out, self.nodes)))
+        norms = xp.reshape(n, tuple(s if a in self.norm_axes else 1 for a, s in zip(self.out, self.nodes)))
+        return {self.input_key: sx, self.norms_key: norms}
 
     def _dots(self, xp, sx, c):
         """<x_i, C> per node: the family's forward contraction of the input with C."""
@@ -116,7 +118,7 @@ class FactoredCopies(InputsNotStored, Storage):
         return c + z[self.coef][..., None] * x
 
     def transpose(self, xp, e: Edge, z: dict, data: dict):
-        sx = self._input(xp, data)
+        sx = data[self.input_key]
         c = z[self.shared]
         total = c * xp.asarray(self.count, c.dtype) + xp.einsum(f"{self.out},{self.spec_x}->{self.spec_c}",
                                                                  z[self.coef], sx)
@@ -136,8 +138,8 @@ class FactoredCopies(InputsNotStored, Storage):
         """The hyperplane projection of every node (primitives/dot.py, ``fixed_dot``):
         mu = (<x, v0> - y0) / (|x|² + 1/w), v = v0 - mu x, y = y0 + mu / w."""
         ybar, w = program.output_args(xp, self.info, z, data)
-        sx = self._input(xp, data)
-        norms = self._norms(xp, sx)
+        sx = data[self.input_key]
+        norms = data[self.norms_key]
         alpha = z[self.coef]
         mu = (self._dots(xp, sx, z[self.shared]) + alpha * norms - ybar) / (norms + 1 / w)
         new[self.coef] = alpha - mu
@@ -146,11 +148,11 @@ class FactoredCopies(InputsNotStored, Storage):
     def distance_sq(self, xp, a: dict, b: dict, data: dict):
         if not all(k in a and k in b for k in self.keys()):
             return 0.0
-        sx = self._input(xp, data)
+        sx = data[self.input_key]
         dc = a[self.shared] - b[self.shared]
         da = a[self.coef] - b[self.coef]
         return (xp.asarray(self.count, dc.dtype) * xp.sum(dc * dc) + 2 * xp.sum(da * self._dots(xp, sx, dc))
-                + xp.sum(da * da * self._norms(xp, sx)))
+                + xp.sum(da * da * data[self.norms_key]))
 
 
 def factorable(analysis: PlanAnalysis, info: FamilyInfo, fixed: tuple[bool, ...] | None) -> FactoredCopies | None:

@@ -28,6 +28,7 @@ from ..ir.feasibility import BroadcastMap, Edge, sum_axes
 from ..ir.maps import ChainMap
 from .storage import InputsNotStored, Storage, project_folded
 
+INPUTS = "__inputs__:"  # data key of a folded family's input rows (FoldedSums.per_update)
 SUM = "__sum__:"  # state key of an edge's contribution to its producer's sum (the fused DR step)
 FUSED_GROUPS = 8  # row groups of the fused DR kernel's partial sums (fixed: results do not depend on threads)
 
@@ -189,10 +190,15 @@ class FoldedSums(InputsNotStored, FusedSums):
     def project(self, program, xp, z: dict, new: dict, data: dict, slot=0) -> None:
         project_folded(self, program, xp, z, new, data, slot)
 
-    def inputs(self, xp, data: dict):
-        """The input's rows the kernels hold port a at: [rows, k] (a conv's patches)."""
+    def per_update(self, xp, data: dict) -> dict:
+        """The input's rows the kernels hold port a at, [rows, k] (a conv's patches): once
+        per update, not in every kernel call."""
         parts = [_stepped(xp, e, data[e.src], data).reshape((self.nrows, e.stop - e.start)) for e in self.rows]
-        return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)
+        return {INPUTS + self.info.name: parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)}
+
+    def inputs(self, xp, data: dict):
+        """The input's rows (:meth:`per_update`)."""
+        return data[INPUTS + self.info.name]
 
 
 def _final(e: Edge) -> BroadcastMap:

@@ -141,7 +141,13 @@ class Program:
         return self.analysis.forward_values(xp, params, data)
 
     def with_degrees(self, xp, data: dict) -> dict:
-        return self.analysis.with_degrees(xp, data)
+        """The batch's data plus what every step reads of it, computed once per update: the
+        runtime out-degrees (analysis.with_degrees) and each strategy's ``per_update``."""
+        data = self.analysis.with_degrees(xp, data)
+        extra = {}
+        for s in self.storage.values():
+            extra.update(s.per_update(xp, data))
+        return {**data, **extra}
 
     def init_edges(self, xp, vals: dict, data: dict, spare: dict | None = None) -> dict:
         """The state of a forward pass (every edge a copy of its producer's value), as each

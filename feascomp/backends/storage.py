@@ -81,6 +81,11 @@ class Storage:
         f = self.info.family
         return 1 if f.kind == "dot" and len(f.type.shape) == 2 and self.info.name in self.analysis.batched else None
 
+    def per_update(self, xp, data: dict) -> dict:
+        """Arrays derived from the batch alone that this strategy's projections read (data
+        keys): computed once per update (Program.with_degrees), not in every step."""
+        return {}
+
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         """Write the forward pass's copies (every edge its producer's value) into ``z``.
         ``spare``: buffers of the previous update this strategy may write into."""
