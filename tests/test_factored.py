@@ -82,7 +82,7 @@ mlps = st.tuples(st.lists(st.integers(1, 6), min_size=1, max_size=2), st.integer
                  st.booleans(), st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=4, deadline=None)  # two compiles per example: the suite's time budget
+@settings(max_examples=3, deadline=None)  # two compiles per example: the suite's time budget
 @given(mlps)
 def test_factored_mlps_give_the_edges_iterates(case):
     """Any widths, batch, readout, weighting and DR/DM variant: the same parameters and step
@@ -102,7 +102,7 @@ convs = st.tuples(st.integers(3, 6), st.integers(3, 5), st.integers(1, 2), st.li
 
 
 @pytest.mark.slow
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(convs)
 def test_factored_convolutions_give_the_edges_iterates(case):
     """A conv on the input whatever its kernel, stride, padding and channels: C is the
