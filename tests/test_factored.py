@@ -82,6 +82,7 @@ mlps = st.tuples(st.lists(st.integers(1, 6), min_size=1, max_size=2), st.integer
                  st.booleans(), st.integers(0, 2**31 - 1))
 
 
+@pytest.mark.slow  # the oracle comparisons (tests/test_fold.py, test_backends.py) run the factored path unmarked
 @settings(max_examples=3, deadline=None)  # two compiles per example: the suite's time budget
 @given(mlps)
 def test_factored_mlps_give_the_edges_iterates(case):
@@ -152,6 +153,7 @@ def test_every_copy_reads_back_as_the_edges_hold_it(model):
         np.testing.assert_allclose(pf.distance(np, sf[a], sf[b], df), pe.distance(np, se[a], se[b], de), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_cli_reports_the_factored_families_and_turns_factoring_off(capsys):
     from feascomp.cli import main
 
