@@ -50,6 +50,7 @@ OPTIONS = {
     "weighted": bool,
     "warm_start": bool, "no_fuse_kernels": bool, "no_fold_inputs": bool, "no_factor_copies": bool,
     "validation": float, "seq_len": int, "data_limit": int,
+    "outer_step": str,
 }
 
 

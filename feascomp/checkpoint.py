@@ -45,7 +45,9 @@ def fingerprint(solver, ds, *, seed: int, protocol: dict) -> dict:
         # the devices are not part of it: a run gives the same iterates on any mesh, so it
         # may resume on another (docs/distributed.md)
         "options": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                    for k, v in sorted(solver.options.as_dict().items()) if k not in ("mesh", "devices")},
+                    for k, v in sorted(solver.options.as_dict().items())
+                    # no outer step is left out, so checkpoints from before the option resume
+                    if k not in ("mesh", "devices") and not (k == "outer_step" and not v)},
         "dataset": {"name": ds.name, "source": ds.source, "train": int(len(ds.x_train)),
                     "validation": int(0 if ds.x_val is None else len(ds.x_val)), "test": int(len(ds.x_test))},
         "seed": int(seed),

@@ -44,6 +44,15 @@ def _number(check, what: str):
     return parse
 
 
+def _outer_step(text: str) -> tuple:
+    from .options import normalize_outer_step
+
+    try:
+        return normalize_outer_step(text)
+    except FeascompError as e:
+        raise argparse.ArgumentTypeError(e.message.removeprefix("--outer-step ")) from None
+
+
 def _size(text: str) -> int:
     from .resources import parse_size
 
@@ -137,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
                         "float16 keeps DR's accuracy, bfloat16 does not (default: --dtype; docs/performance.md)")
     t.add_argument("--weighted", action="store_true", help="exact weighted projections (Theorem 3) instead of the paper's weight 1")
     t.add_argument("--warm-start", action="store_true", help="carry the edge state across batches instead of a forward-pass initialisation")
+    t.add_argument("--outer-step", type=_outer_step, metavar="PARAM=F[,...]",
+                   help="an outer step: each update moves PARAM by F times the move the projections gave it "
+                        "(e.g. K1=784 for a 3x3 kernel shared over 28x28 positions; docs/experiments.md)")
     t.add_argument("--lowering", choices=["materialized", "collapsed"], default="materialized",
                    help="materialized: every edge stored (the paper); collapsed: AP, DR or DM, dense layers "
                         "keep values and per-node coefficients instead of their edges")
@@ -345,7 +357,8 @@ def _compile_for(args, ds):
                    fold_inputs=not args.no_fold_inputs, factor_copies=not args.no_factor_copies,
                    max_memory=args.max_memory,
                    learning_rate=args.learning_rate, momentum=args.momentum, schedule=args.schedule,
-                   decay_steps=args.updates, mesh=args.mesh, devices=args.devices, edge_dtype=args.edge_dtype)
+                   decay_steps=args.updates, mesh=args.mesh, devices=args.devices, edge_dtype=args.edge_dtype,
+                   outer_step=args.outer_step)
     if args.no_identities:
         from .passes import NO_IDENTITIES_PIPELINE
 

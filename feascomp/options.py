@@ -52,12 +52,16 @@ class CompileOptions:
     mesh: tuple[tuple[str, int], ...] = ()  # (("data", n), ("model", m)); () and devices None: every device
     devices: int | None = None  # the data axis' size (``--devices N``), when no mesh is given
     edge_dtype: str | None = None  # the edge state's storage dtype; None: ``dtype``
+    # (parameter, factor) pairs, sorted: each update moves that parameter by factor times
+    # its consensus move (an outer step; 1 for the others, the paper's update)
+    outer_step: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def make(cls, **kw) -> "CompileOptions":
         if isinstance(kw.get("loss_options"), dict) or kw.get("loss_options") is None:
             kw["loss_options"] = tuple(sorted((kw.get("loss_options") or {}).items()))
         kw["mesh"] = meshes.normalize(kw.get("mesh"))
+        kw["outer_step"] = normalize_outer_step(kw.get("outer_step"))
         return cls(**kw)
 
     def mesh_spec(self) -> tuple:
@@ -132,7 +136,8 @@ class CompileOptions:
                     ("runs on the jax backend", self.backend != "jax"),
                     ("has no lowering but the forward program", self.lowering != "materialized"),
                     ("carries its optimizer's state, not edges (no --warm-start)", self.warm_start),
-                    ("has no per-family residuals (no --residuals)", self.monitor)) if bad), None)
+                    ("has no per-family residuals (no --residuals)", self.monitor),
+                    ("has its learning rate, not an outer step (no --outer-step)", self.outer_step)) if bad), None)
             if why:
                 raise FeascompError(why)
             return GradientMethod(self.algorithm, decay_steps=self.decay_steps, **options)
@@ -142,6 +147,9 @@ class CompileOptions:
             raise FeascompError(str(e)) from None
         if self.lowering not in LOWERINGS:
             raise FeascompError(f"lowering must be one of {', '.join(LOWERINGS)}, not {self.lowering!r}")
+        if self.outer_step and self.warm_start:
+            raise FeascompError("--outer-step scales the parameters an update returns, but under --warm-start the next "
+                                "update starts from the carried edges, whose copies would not follow; use one of them")
         return alg
 
     def resolve(self, colours: int) -> "Resolved":
@@ -183,6 +191,33 @@ class CompileOptions:
         return Resolved(alg, steps=self.steps, lowering=self.lowering, elide_inputs=elide, fold_inputs=fold,
                         factor_copies=factor, fuse_order=fuse_order, carry=self.warm_start,
                         schedule="layers" if alg.uses_layers else "colours", mesh=spec, edge_dtype=edge_dtype)
+
+
+def normalize_outer_step(value) -> tuple[tuple[str, float], ...]:
+    """``outer_step`` as sorted (parameter, factor) pairs: from a dict, pairs, or text
+    ``"K1=784,c1=2"``; every factor a finite positive number."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        pairs = []
+        for part in (p.strip() for p in value.split(",")):
+            name, eq, factor = part.partition("=")
+            if not eq or not name.strip():
+                raise FeascompError(f"--outer-step takes PARAM=FACTOR[,PARAM=FACTOR...], not {value!r}")
+            try:
+                pairs.append((name.strip(), float(factor)))
+            except ValueError:
+                raise FeascompError(f"--outer-step {part!r}: {factor.strip()!r} is not a number") from None
+    else:
+        pairs = list(value.items() if isinstance(value, dict) else value)
+    out = {}
+    for name, factor in pairs:
+        if name in out:
+            raise FeascompError(f"--outer-step names parameter {name!r} twice")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < float(factor) < float("inf"):
+            raise FeascompError(f"--outer-step {name}: the factor must be a finite positive number, not {factor!r}")
+        out[str(name)] = float(factor)
+    return tuple(sorted(out.items()))
 
 
 # The class order of the native fused DR step, by algorithm type: DR projects onto P0 then

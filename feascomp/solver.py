@@ -103,6 +103,7 @@ def compile(  # noqa: A001  (the public name users expect)
     mesh=None,
     devices: int | None = None,
     edge_dtype: str | None = None,
+    outer_step=None,
 ) -> "Solver":
     """Compile a model into a solver. ``algorithm``: ap, dr (``relaxation`` r), cp, dm
     (``beta``); ``steps``: projection steps per update (K); ``weighted``: exact weighted
@@ -136,7 +137,10 @@ def compile(  # noqa: A001  (the public name users expect)
     neither: every device JAX sees (docs/distributed.md). ``edge_dtype``: the edge state's
     storage, ``dtype`` (default) or, with float32 arithmetic, ``float16`` or ``bfloat16``
     (every step reads the edges widened and stores them rounded: half the state's memory
-    and its traffic; jax backend, materialized lowering).
+    and its traffic; jax backend, materialized lowering). ``outer_step``: ``{param: factor}``
+    (or ``"K1=784,c1=2"``): each update moves that parameter by factor times the move the
+    projections gave it, ``theta + factor * (consensus - theta)`` (an outer step, as
+    Lookahead's; not with ``warm_start`` or a gradient method; docs/experiments.md).
 
     ``algorithm`` ``sgd`` or ``adam``: the gradient baseline on the same model (optax on
     the model's loss through ``jax.grad``; feascomp/gradient.py), with ``learning_rate``,
@@ -172,7 +176,7 @@ def compile(  # noqa: A001  (the public name users expect)
         monitor=monitor, elide_inputs=elide_inputs, fold_inputs=fold_inputs, factor_copies=factor_copies,
         lowering=lowering, fuse_kernels=fuse_kernels,
         max_memory=max_memory, learning_rate=learning_rate, momentum=momentum, schedule=schedule,
-        decay_steps=decay_steps, mesh=mesh, devices=devices, edge_dtype=edge_dtype)
+        decay_steps=decay_steps, mesh=mesh, devices=devices, edge_dtype=edge_dtype, outer_step=outer_step)
     solver = compile_tensor(tensor, options)
     if treedef is not None:
         solver.bind_pytree(names, treedef, params)
@@ -218,6 +222,12 @@ class Solver:
         self.pass_seconds = timings
         self.warm_start = options.warm_start
         self.monitor = options.monitor
+        names = [op.result for op in tensor.by_kind("param")]
+        unknown = [n for n, _ in options.outer_step if n not in names]
+        if unknown:
+            raise FeascompError(f"--outer-step names {', '.join(map(repr, unknown))}, not a parameter of this model "
+                                f"(its parameters: {', '.join(names)})")
+        self.outer_step = dict(options.outer_step)
         colours = len({f.attr("colour") for f in plan.families})
         resolved = options.resolve(colours)
         self.steps = resolved.steps
@@ -439,6 +449,7 @@ class Solver:
                 raise FeascompError(f"under warm start the edges carried between batches have the shape of a batch of "
                                     f"{self.batch_size}; this batch has {n} samples")
             return self.for_batch(n).update(state, x, y)
+        before = self._flat(state.params)
         x, onehot = self._batch(x, y)
         if self.processes > 1:  # this process's rows of the batch (its devices' share)
             import jax
@@ -455,6 +466,12 @@ class Solver:
             params, residuals, edges = self.backend.update(self._flat(state.params), x, onehot, None, **given)
             buffers = getattr(self.backend, "buffers", None)
             new = SolverState(params, state.count + 1, None, buffers(edges) if buffers is not None else None)
+        if self.outer_step:  # theta + factor * (consensus - theta) for the named parameters
+            # on the host, in the parameters' dtype (they are small; jax may lack float64 here)
+            params = {k: v if k not in self.outer_step else np.asarray(
+                np.asarray(before[k]) + self.outer_step[k] * (np.asarray(v) - np.asarray(before[k])), np.asarray(v).dtype)
+                for k, v in params.items()}
+            new = dataclasses.replace(new, params=params)
         info = {"residual": residuals["step"]}
         if "family" in residuals:
             info["family_residual"] = residuals["family"]

@@ -132,6 +132,8 @@ def train(solver, ds: Dataset, *, updates: int, seed: int = 0, eval_every: int =
         "folded_families": sorted(n for n, s in solver.program.storage.items() if getattr(s, "fixed", None)),
         # of those, the families whose copies of their other operand are stored factored (factor_copies)
         "factored_families": sorted(solver.program.strategies(FactoredCopies)),
+        # the parameters an update moves by a factor of their consensus move (outer_step)
+        "outer_step": dict(solver.outer_step),
         "devices": solver.devices,
         "mesh": dict(solver.mesh),
         "processes": solver.processes,
