@@ -449,7 +449,7 @@ class Solver:
                 raise FeascompError(f"under warm start the edges carried between batches have the shape of a batch of "
                                     f"{self.batch_size}; this batch has {n} samples")
             return self.for_batch(n).update(state, x, y)
-        before = self._flat(state.params)
+        before = self._flat(state.params) if self.outer_step else None  # what the outer step extrapolates from
         x, onehot = self._batch(x, y)
         if self.processes > 1:  # this process's rows of the batch (its devices' share)
             import jax
