@@ -84,3 +84,20 @@ def test_the_cli_and_bench_take_it(tmp_path, capsys):
     check_spec(spec("K1=9"), "spec.toml")
     with pytest.raises(FeascompError, match="outer_step must be str"):
         check_spec(spec(9), "spec.toml")
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_the_plan_dump_gives_each_parameters_copies_per_sample(tmp_path, batch):
+    """The factor to choose for --outer-step: a kernel convolved over a 6x5 image without
+    padding has one copy per output position (4 x 3 = 12) per sample, whatever the batch;
+    its bias the same; a dense layer's weight one."""
+    model = tmp_path / "conv.fc"
+    model.write_text(
+        "model conv\ninput x : f32[30]\nparam K : f32[3, 3, 1, 2] = he_normal\n"
+        "param c : f32[2] = zeros\nparam W : f32[24, 3] = he_normal\n"
+        'img = reshape(x, shape = [6, 5, 1])\nh = relu(conv2d(img, K, padding = "valid") + c)\n'
+        "output logits = reshape(h, shape = [24]) @ W\nloss cross_entropy(logits)\n")
+    plan = feascomp.compile(str(model), batch_size=batch).dump("plan")
+    copies = {line.split("=")[0].strip(" %"): line.rsplit("copies per sample ", 1)[1]
+              for line in plan.splitlines() if "= param()" in line}
+    assert copies == {"K": "12", "c": "12", "W": "1"}

@@ -61,7 +61,8 @@ def print_feasibility(m, level: str | None = None) -> str:
 
 def print_plan(m) -> str:
     """The plan's text: the coloured feasibility IR, each family annotated (in comments,
-    which the parser skips) with its colour, node count, scalar edges and state bytes."""
+    which the parser skips) with its colour, node count, scalar edges and state bytes, and
+    each parameter with its copies per sample (out-edges per node per batch row)."""
     body = print_feasibility(m, "plan").splitlines()
     stats = {}
     for f in m.families:
@@ -69,6 +70,11 @@ def print_plan(m) -> str:
         outs = sum(e.type.size for e in m.out_edges(f.name))
         nbytes = sum(e.type.nbytes for e in m.in_edges(f.name))
         stats[f.name] = f"// colour {f.attr('colour')}, layer {f.attr('layer')}, {f.type.size} nodes, {ins} in-edges, {outs} out-edges, state {nbytes} B"
+        if f.kind == "param" and f.type.size and m.attr("batch"):
+            # Each update's parameter is the mean of its copies; this count is the factor
+            # --outer-step PARAM=F would use to restore a gradient's sum (docs/experiments.md).
+            copies = outs / (f.type.size * m.attr("batch"))
+            stats[f.name] += f", copies per sample {copies:.4g}"
     out = []
     for line in body:
         s = line.strip()
