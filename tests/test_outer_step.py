@@ -101,3 +101,18 @@ def test_the_plan_dump_gives_each_parameters_copies_per_sample(tmp_path, batch):
     copies = {line.split("=")[0].strip(" %"): line.rsplit("copies per sample ", 1)[1]
               for line in plan.splitlines() if "= param()" in line}
     assert copies == {"K": "12", "c": "12", "W": "1"}
+
+
+def test_checkpoints_from_before_the_option_still_resume(digits):
+    """Checkpoints written before --outer-step existed record no ``outer_step`` option: a run
+    without one must fingerprint the same (else every older checkpoint is refused), and a
+    run with one must differ from it, by name."""
+    from feascomp import checkpoint
+
+    def options(solver):
+        return checkpoint.fingerprint(solver, digits, seed=0, protocol={})["options"]
+
+    plain, outer = options(_solver(algorithm="dr")), options(_solver(algorithm="dr", outer_step="K1=9"))
+    assert "outer_step" not in plain  # what the code before the option wrote: no outer_step
+    diff = checkpoint._differences({"options": plain}, {"options": outer})
+    assert len(diff) == 1 and diff[0].startswith("options.outer_step: checkpoint '(absent)'")
