@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..ir.feasibility import BroadcastMap, ChainMap, Edge, Family, FeasModule
+from ..ir.feasibility import BroadcastMap, Edge, Family, FeasModule
 from ..primitives import get
 
 DEGREE = "__degree__:"  # data key of a family's out-degree counted per batch (with_degrees)
@@ -59,9 +59,8 @@ def copies(e: Edge, src_shape) -> Any:
     without materializing the edge (a dense layer's copies are as large as its state): the
     final broadcast copies uniformly, the structural steps before it (windows, slices, ...)
     are transposed on ones of their (smaller) shape."""
-    final = e.map.final if isinstance(e.map, ChainMap) else e.map
-    count = float(math.prod(n for a, n in enumerate(e.type.shape) if a not in final.src_axes))
-    if not isinstance(e.map, ChainMap):
+    count = float(math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.final.src_axes))
+    if isinstance(e.map, BroadcastMap):
         return count
     shapes = e.map.shapes(src_shape)
     y = np.full(shapes[-1], count)
@@ -210,10 +209,10 @@ def _contracted(xp, info: FamilyInfo, vals: dict, data: dict):
         if len(es) != 1:
             return None
         (e,) = es
-        final = e.map.final if isinstance(e.map, ChainMap) else e.map
+        final = e.map.final
         if not isinstance(final, BroadcastMap) or len(e.type.shape) > len(letters):
             return None
-        args.append(e.map.apply_steps(xp, vals[e.src], data) if isinstance(e.map, ChainMap) else vals[e.src])
+        args.append(e.map.apply_steps(xp, vals[e.src], data))
         specs.append("".join(letters[a] for a in final.src_axes))
     out = letters[: len(info.in_ports[0][2][0].type.shape) - 1]  # the edge's axes but the port's
     if not set(out) <= set("".join(specs)):

@@ -62,17 +62,6 @@ from ..ir.maps import ChainMap, Reshape, Window
 from .storage import Storage
 
 
-def _final(m) -> BroadcastMap:
-    """The broadcast that copies a port's view into the edges."""
-    return m.final if isinstance(m, ChainMap) else m
-
-
-def _view(xp, e: Edge, v, data):
-    """A producer's value as the port sees it before the broadcast (a conv's patches: the
-    window and reshape steps of its map); the value itself for a plain broadcast."""
-    return e.map.apply_steps(xp, v, data) if isinstance(e.map, ChainMap) else v
-
-
 def _set_index(xp, arr, index, value, axis: int):
     """``arr`` with entry ``index`` (an int or a traced scalar) of ``axis`` replaced by
     ``value``: an in-place dynamic update under jit (a select over the whole array would be
@@ -187,7 +176,7 @@ class CollapsedSlots(Storage):
         self.elide = elide
         rank = len(edges[0].type.shape)
         letters = string.ascii_lowercase[:rank]
-        self.forms = GramForms(tuple("".join(letters[k] for k in _final(e.map).src_axes) for e in edges), letters[:-1],
+        self.forms = GramForms(tuple("".join(letters[k] for k in e.map.final.src_axes) for e in edges), letters[:-1],
                                letters[-1], tuple(info.family.type.shape))
         self.node_shape = self.forms.node_shape
         self.length = int(edges[0].type.shape[-1])  # port length
@@ -208,7 +197,7 @@ class CollapsedSlots(Storage):
         """The shape of port k's slot values (its producer's value through the map's steps)."""
         e = self.edges[k]
         shape = tuple(self.analysis.info[e.src].family.type.shape)
-        return e.map.shapes(shape)[-1] if isinstance(e.map, ChainMap) else shape
+        return e.map.shapes(shape)[-1]
 
     def value_key(self, k: int) -> str:
         return f"{self.name}#{self.edges[k].port}"
@@ -247,7 +236,7 @@ class CollapsedSlots(Storage):
         """Per port's basis, then e1: (values with a leading slot axis, einsum labels, offset)."""
         out = []
         for k, e in enumerate(self.edges):
-            v = _view(xp, e, data[e.src], data)[None] if self.const[k] else z[self.value_key(k)]
+            v = e.map.apply_steps(xp, data[e.src], data)[None] if self.const[k] else z[self.value_key(k)]
             out.append((v, self.forms.labels[k], self.offsets[k]))
         out.append((self._first(xp, dtype)[None], self.forms.port, self.terms - 1))
         return out
@@ -294,7 +283,7 @@ class CollapsedSlots(Storage):
     # the storage interface -----------------------------------------------------------------------
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
         for k, e in enumerate(self.edges):
-            v = _view(xp, e, vals[e.src], data)
+            v = e.map.apply_steps(xp, vals[e.src], data)
             if not self.const[k]:
                 z[self.value_key(k)] = xp.concatenate([v[None], xp.zeros((self.slots[k] - 1,) + v.shape, v.dtype)])
             z[self.coef_key(k)] = self._onehot(xp, self.offsets[k], v.dtype)
@@ -324,13 +313,12 @@ class CollapsedSlots(Storage):
                     total = total + xp.einsum(f"{keep},{lab}->{target}", cs[y], v[y])
             else:
                 total = total + xp.einsum(f"Y{node},Y{lab}->{target}", cs, v)
-        if isinstance(e.map, ChainMap):  # from the port's view back to the producer (col2im)
-            total = e.map.transpose_steps(xp, total, self.analysis.info[e.src].family.type.shape, data)
-        return total
+        # from the port's view back to the producer (col2im; nothing for a plain broadcast)
+        return e.map.transpose_steps(xp, total, self.analysis.info[e.src].family.type.shape, data)
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
         k = self.port_of[e.key]
-        value = _view(xp, e, value, data)
+        value = e.map.apply_steps(xp, value, data)
         if self.const[k]:
             slot = 0
         elif self.slots[k] == 1:
@@ -523,7 +511,7 @@ def collapsible(analysis, info, plan: SlotPlan, elide: bool) -> CollapsedSlots |
         rank = len(e.type.shape)
         if not (isinstance(e.map, BroadcastMap) or _view_keeps_batch(analysis, e)):
             return None
-        if rank - 1 not in _final(e.map).src_axes or rank > 24:
+        if rank - 1 not in e.map.final.src_axes or rank > 24:
             return None
         if analysis.info[e.src].family.type.dtype == "i32":
             return None

@@ -36,7 +36,6 @@ import math
 
 from ..ir.feasibility import BroadcastMap, Edge
 from .analysis import FamilyInfo, PlanAnalysis
-from .fused import _final, _stepped, _unstepped
 from .storage import InputsNotStored, Storage
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -56,14 +55,14 @@ class FactoredCopies(InputsNotStored, Storage):
         (self.input,) = [es[0] for (_, _, es), f in zip(info.in_ports, fixed) if f]
         (self.edge,) = [es[0] for (_, _, es), f in zip(info.in_ports, fixed) if not f]
         rank = len(self.edge.type.shape)
-        self.spec_x = "".join(LETTERS[a] for a in _final(self.input).src_axes)
-        self.spec_c = "".join(LETTERS[a] for a in _final(self.edge).src_axes)
+        self.spec_x = "".join(LETTERS[a] for a in self.input.map.final.src_axes)
+        self.spec_c = "".join(LETTERS[a] for a in self.edge.map.final.src_axes)
         self.out = LETTERS[: rank - 1]  # the nodes' axes
         self.norm_axes = "".join(a for a in self.out if a in self.spec_x)  # |x_i|² varies along these
         self.nodes = tuple(self.edge.type.shape[:-1])
-        self.shared_shape = tuple(self.edge.type.shape[a] for a in _final(self.edge).src_axes)
+        self.shared_shape = tuple(self.edge.type.shape[a] for a in self.edge.map.final.src_axes)
         # how many copies of each entry of C the broadcast makes
-        self.count = math.prod(n for a, n in enumerate(self.edge.type.shape) if a not in _final(self.edge).src_axes)
+        self.count = math.prod(n for a, n in enumerate(self.edge.type.shape) if a not in self.edge.map.final.src_axes)
         self.shared = f"{info.name}#shared"
         self.coef = f"{info.name}#coef"
         # data keys (per_update): what the input's edges broadcast, and |x_i|² per node
@@ -77,7 +76,7 @@ class FactoredCopies(InputsNotStored, Storage):
     def batch_axis(self, key: str) -> int | None:
         if key == self.coef:
             return 0 if self.info.name in self.analysis.batched else None
-        final = _final(self.edge)
+        final = self.edge.map.final
         return 0 if self.edge.src in self.analysis.batched and final.src_axes[0] == 0 else None
 
     def unit_axis(self, key: str) -> int | None:
@@ -92,7 +91,7 @@ class FactoredCopies(InputsNotStored, Storage):
         return math.prod(self.shared_shape) * itemsize + (coef // data if split else coef)
 
     def init(self, xp, vals: dict, data: dict, z: dict, spare: dict | None = None) -> None:
-        c = _stepped(xp, self.edge, vals[self.edge.src], data)
+        c = self.edge.map.apply_steps(xp, vals[self.edge.src], data)
         z[self.shared] = c
         z[self.coef] = xp.zeros(self.nodes, c.dtype)
 
@@ -100,7 +99,7 @@ class FactoredCopies(InputsNotStored, Storage):
     def per_update(self, xp, data: dict) -> dict:
         """What the input's edges broadcast (a conv's patches of x) and |x_i|² per node
         (shaped to broadcast against the nodes): once per update."""
-        sx = _stepped(xp, self.input, data[self.input.src], data)
+        sx = self.input.map.apply_steps(xp, data[self.input.src], data)
         n = xp.einsum(f"{self.spec_x},{self.spec_x}->{self.norm_axes}", sx, sx)
         norms = xp.reshape(n, tuple(s if a in self.norm_axes else 1 for a, s in zip(self.out, self.nodes)))
         return {self.input_key: sx, self.norms_key: norms}
@@ -114,7 +113,7 @@ class FactoredCopies(InputsNotStored, Storage):
         if e is not self.edge:
             return super().read(xp, e, z, data)
         x = self.input.map.apply(xp, data[self.input.src], self.input.type.shape, data)
-        c = _final(self.edge).apply(xp, z[self.shared], e.type.shape, data)
+        c = self.edge.map.final.apply(xp, z[self.shared], e.type.shape, data)
         return c + z[self.coef][..., None] * x
 
     def transpose(self, xp, e: Edge, z: dict, data: dict):
@@ -122,11 +121,11 @@ class FactoredCopies(InputsNotStored, Storage):
         c = z[self.shared]
         total = c * xp.asarray(self.count, c.dtype) + xp.einsum(f"{self.out},{self.spec_x}->{self.spec_c}",
                                                                  z[self.coef], sx)
-        return _unstepped(xp, e, total, self.analysis.info[e.src].family.type.shape, data)
+        return e.map.transpose_steps(xp, total, self.analysis.info[e.src].family.type.shape, data)
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
         if e is self.edge:
-            c = _stepped(xp, e, value, data)
+            c = e.map.apply_steps(xp, value, data)
             new[self.shared] = c
             new[self.coef] = xp.zeros(self.nodes, c.dtype)
 
@@ -166,14 +165,14 @@ def factorable(analysis: PlanAnalysis, info: FamilyInfo, fixed: tuple[bool, ...]
     if f.type.dtype not in ("f32", "f64") or any(len(es) != 1 or n < 1 for _, n, es in info.in_ports):
         return None
     edges = [es[0] for _, _, es in info.in_ports]
-    if not all(isinstance(_final(e), BroadcastMap) for e in edges):
+    if not all(isinstance(e.map.final, BroadcastMap) for e in edges):
         return None
     rank = len(edges[0].type.shape)
-    if rank > len(LETTERS) or any(rank - 1 not in _final(e).src_axes for e in edges):
+    if rank > len(LETTERS) or any(rank - 1 not in e.map.final.src_axes for e in edges):
         return None
     if analysis.info[edges[fixed.index(False)].src].family.type.dtype not in ("f32", "f64"):
         return None
-    spans = set(_final(edges[0]).src_axes) | set(_final(edges[1]).src_axes)
+    spans = set(edges[0].map.final.src_axes) | set(edges[1].map.final.src_axes)
     if not set(range(rank - 1)) <= spans:
         return None
     return FactoredCopies(analysis, info, fixed)

@@ -24,8 +24,7 @@ from __future__ import annotations
 import math
 
 from ..algorithms import DifferenceMap, DouglasRachford
-from ..ir.feasibility import BroadcastMap, Edge, sum_axes
-from ..ir.maps import ChainMap
+from ..ir.feasibility import Edge, sum_axes
 from .storage import InputsNotStored, Storage, project_folded
 
 INPUTS = "__inputs__:"  # data key of a folded family's input rows (FoldedSums.per_update)
@@ -61,7 +60,7 @@ class FusedSums(Storage):
         shape = info.family.type.shape
         self.lead, self.m = tuple(shape[:-1]), shape[-1]
         self.nrows = math.prod(self.lead)
-        plain = len(self.rows) == len(self.cols) == 1 and not any(_steps(e) for e in self.rows + self.cols) \
+        plain = len(self.rows) == len(self.cols) == 1 and not any(e.map.steps for e in self.rows + self.cols) \
             and len(shape) == 2
         self.buffer_keys = (self.rows[0].key, self.cols[0].key) if plain else ()
         self.edge_keys = tuple(e.key for e in self.rows + self.cols)
@@ -84,8 +83,8 @@ class FusedSums(Storage):
             else:
                 z[e.key] = e.map.apply(xp, vals[e.src], e.type.shape, data)
         for e in self.summed:
-            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in _final(e).src_axes)
-            v = _stepped(xp, e, vals[e.src], data)
+            count = math.prod(n for a, n in enumerate(e.type.shape) if a not in e.map.final.src_axes)
+            v = e.map.apply_steps(xp, vals[e.src], data)
             if self.store is not None:  # the sum of the edges as stored: copies of the rounded value
                 v = v.astype(self.store).astype(v.dtype)
             z[SUM + e.key] = v * xp.asarray(count, v.dtype)
@@ -101,7 +100,7 @@ class FusedSums(Storage):
 
     def transpose(self, xp, e: Edge, z: dict, data: dict):
         if SUM + e.key in z:
-            return _unstepped(xp, e, z[SUM + e.key], self.analysis.info[e.src].family.type.shape, data)
+            return e.map.transpose_steps(xp, z[SUM + e.key], self.analysis.info[e.src].family.type.shape, data)
         return super().transpose(xp, e, z, data)
 
     def write(self, xp, e: Edge, value, new: dict, data: dict, slot=0) -> None:
@@ -182,7 +181,7 @@ class FoldedSums(InputsNotStored, FusedSums):
     def __init__(self, analysis, info, rows: list, cols: list, order, first: bool, mesh=None, store=None):
         super().__init__(analysis, info, rows, cols, order, first, mesh=mesh, store=store)
         self.fixed = (True, False)
-        plain = len(self.cols) == 1 and not _steps(self.cols[0]) and len(info.family.type.shape) == 2
+        plain = len(self.cols) == 1 and not self.cols[0].map.steps and len(info.family.type.shape) == 2
         self.buffer_keys = (self.cols[0].key,) if plain else ()
         self.edge_keys = tuple(e.key for e in self.cols)
         self.native_keys = self.edge_keys
@@ -193,30 +192,12 @@ class FoldedSums(InputsNotStored, FusedSums):
     def per_update(self, xp, data: dict) -> dict:
         """The input's rows the kernels hold port a at, [rows, k] (a conv's patches): once
         per update, not in every kernel call."""
-        parts = [_stepped(xp, e, data[e.src], data).reshape((self.nrows, e.stop - e.start)) for e in self.rows]
+        parts = [e.map.apply_steps(xp, data[e.src], data).reshape((self.nrows, e.stop - e.start)) for e in self.rows]
         return {INPUTS + self.info.name: parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-1)}
 
     def inputs(self, xp, data: dict):
         """The input's rows (:meth:`per_update`)."""
         return data[INPUTS + self.info.name]
-
-
-def _final(e: Edge) -> BroadcastMap:
-    return e.map.final if isinstance(e.map, ChainMap) else e.map
-
-
-def _steps(e: Edge) -> tuple:
-    return e.map.steps if isinstance(e.map, ChainMap) else ()
-
-
-def _stepped(xp, e: Edge, value, data):
-    """The producer's value through the edge map's view steps: what its broadcast copies."""
-    return e.map.apply_steps(xp, value, data) if isinstance(e.map, ChainMap) else value
-
-
-def _unstepped(xp, e: Edge, value, src_shape, data):
-    """The transpose of the map's view steps (from what the broadcast copies to the producer)."""
-    return e.map.transpose_steps(xp, value, src_shape, data) if isinstance(e.map, ChainMap) else value
 
 
 def per_shard(mesh, fn, ins, outs):
@@ -255,8 +236,8 @@ def fusable(analysis, info, order, mesh=None, store=None, fixed=None) -> FusedSu
         return None
     (_, _, rows), (_, _, cols) = ports
     # port a's values copied along the units (m), port b's along every leading node axis
-    if any(_final(e).src_axes != tuple(range(r - 1)) + (r,) for e in rows) or \
-            any(_final(e).src_axes != (r, r - 1) for e in cols):
+    if any(e.map.final.src_axes != tuple(range(r - 1)) + (r,) for e in rows) or \
+            any(e.map.final.src_axes != (r, r - 1) for e in cols):
         return None
     cls = FusedSums if fixed is None else FoldedSums
     return cls(analysis, info, rows, cols, order, first=f.name in analysis.classes[order[0]], mesh=mesh, store=store)

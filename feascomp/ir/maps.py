@@ -23,6 +23,22 @@ class BroadcastMap:
     src_axes: tuple[int, ...]
     kind = "bcast"
     runtime = False
+    # A plain broadcast is a chain with no structural steps: callers read ``final``,
+    # ``steps``, ``shapes``, ``apply_steps`` and ``transpose_steps`` off any edge map alike.
+    steps = ()
+
+    @property
+    def final(self) -> "BroadcastMap":
+        return self
+
+    def shapes(self, src_shape) -> list:
+        return [tuple(src_shape)]
+
+    def apply_steps(self, xp, src, data=None):
+        return src
+
+    def transpose_steps(self, xp, value, src_shape=None, data=None):
+        return value
 
     def text(self, edge_rank: int) -> str:
         letters = "abcdefghijklmnopqrstuvwxyz"
@@ -359,7 +375,9 @@ STEP_KINDS = {c.kind: c for c in (Reshape, Permute, Slice, Place, Window, Expand
 @dataclasses.dataclass(frozen=True)
 class ChainMap:
     """Structural steps applied to the source, then a broadcast into the edge's shape:
-    ``window {...} | reshape {...} | bcast "abcd->abced"``."""
+    ``window {...} | reshape {...} | bcast "abcd->abced"``. Its view interface (``final``,
+    ``steps``, ``shapes``, ``apply_steps``, ``transpose_steps``) is :class:`BroadcastMap`'s
+    too, which has no steps."""
 
     steps: tuple
     final: BroadcastMap

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..ir.feasibility import BroadcastMap, ChainMap, Edge, FeasModule, Slice, make_map
+from ..ir.feasibility import BroadcastMap, Edge, FeasModule, Slice, make_map
 
 
 def _is_elementwise_copy(e: Edge) -> bool:
@@ -120,7 +120,7 @@ class FuseSumReluPass:
 
 def _leading_slice(e: Edge):
     """(axis, start, stop) if the edge's map starts by slicing one axis with unit step."""
-    if not isinstance(e.map, ChainMap) or not e.map.steps:
+    if not e.map.steps:
         return None
     first = e.map.steps[0]
     if not isinstance(first, Slice) or first.step != 1:
@@ -138,8 +138,7 @@ def _slice_edge(e: Edge, axis: int, start: int, stop: int) -> Edge:
     source, nothing where the broadcast repeats along it)."""
     shape = list(e.type.shape)
     shape[axis] = stop - start
-    final = e.map.final if isinstance(e.map, ChainMap) else e.map
-    steps = tuple(e.map.steps) if isinstance(e.map, ChainMap) else ()
+    final, steps = e.map.final, tuple(e.map.steps)
     if axis in final.src_axes:
         steps += (Slice(final.src_axes.index(axis), start, stop, 1),)
     return dataclasses.replace(e, map=make_map(steps, final), type=e.type.with_shape(shape))
