@@ -217,23 +217,33 @@ def machine() -> dict:
             "jax": jax_version, "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
 
 
-def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, runner=None) -> dict:
+def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, tables_only=False, runner=None) -> dict:
     """Run every run of the grid not already in ``out``/runs.jsonl, then write the tables
     and figures; returns the summary. ``runner(argv) -> (exit code, stdout, stderr)``
-    runs one ``feascomp`` command (default: a new process)."""
+    runs one ``feascomp`` command (default: a new process). ``tables_only``: run nothing,
+    write the tables of the runs already there and list the grid's others as not yet run
+    (a table that takes hours fills in over several sittings)."""
     runs = expand(spec)
     if dry_run:
         for r in runs:
             print(r["command"])
         return {}
-    os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "runs.jsonl")
     done = _read_log(log_path)
-    runner = runner or _subprocess_runner
     todo = [r for r in runs if r["command"] not in done]
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    if tables_only:
+        if len(todo) == len(runs):
+            raise FeascompError(f"--tables-only: none of the grid's {len(runs)} runs is here yet", Loc(log_path),
+                                note=f"run them: feascomp bench {spec.get('_path') or 'SPEC'} --out {out}")
+        say(f"bench {spec['title']}: tables of the {len(runs) - len(todo)} runs in {log_path}; "
+            f"{len(todo)} not run yet")
+        return write_results(spec, [done[r["command"]] for r in runs if r["command"] in done], out, missing=todo)
+    os.makedirs(out, exist_ok=True)
+    runner = runner or _subprocess_runner
     say(f"bench {spec['title']}: {len(runs)} runs, {len(runs) - len(todo)} already in {log_path}")
     started = time.perf_counter()
+    info = machine()
     for i, r in enumerate(todo, 1):
         label = f"[{i}/{len(todo)}] {r['dataset']} {r['model']} {r['method']} seed {r['seed']}"
         say(f"{label}: {r['command']}")
@@ -241,6 +251,7 @@ def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, runner=None
         code, stdout, stderr = runner(r["argv"])
         entry = {k: r[k] for k in ("dataset", "model", "method", "seed", "depth", "budget", "command")}
         entry["wall_seconds"] = time.perf_counter() - t0
+        entry["machine"] = info  # runs of one table may be days and machines apart
         lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
         if code == 0 and lines:
             entry["report"] = json.loads(lines[-1])
@@ -362,11 +373,35 @@ def columns(spec) -> tuple:
     return COLUMNS + tuple(f"To {t:g} (s)" for t in spec.get("thresholds", []))
 
 
-def markdown(spec, rows, info) -> str:
-    lines = [f"# {spec['title']}", "",
-             f"Measured on {info['cpu']} ({info['cores']} cores"
-             + (f", {info['memory_bytes'] / 2**30:.0f} GiB" if info.get("memory_bytes") else "")
-             + f"), Python {info['python']}, JAX {info['jax']}, {info['date']}.", "",
+def _machine_text(info) -> str:
+    return (f"{info['cpu']} ({info['cores']} cores"
+            + (f", {info['memory_bytes'] / 2**30:.0f} GiB" if info.get("memory_bytes") else "")
+            + f"), Python {info['python']}, JAX {info['jax']}, {info['date']}")
+
+
+def run_machines(results: list[dict]) -> list[dict]:
+    """The machines the runs were measured on (each as ``machine()`` recorded it when its
+    run started), in order, each with how many runs it took; runs logged before the bench
+    recorded machines count as ``None``."""
+    out: list[dict] = []
+    for r in results:
+        m = r.get("machine")
+        for o in out:
+            if o["machine"] == m:
+                o["runs"] += 1
+                break
+        else:
+            out.append({"machine": m, "runs": 1})
+    return out
+
+
+def markdown(spec, rows, machines, missing=()) -> str:
+    if len(machines) == 1 and machines[0]["machine"]:
+        measured = [f"Measured on {_machine_text(machines[0]['machine'])}."]
+    else:
+        measured = ["Measured on:"] + [f"- {_machine_text(m['machine']) if m['machine'] else 'a machine not recorded'}: "
+                                       f"{m['runs']} run{'s' if m['runs'] > 1 else ''}" for m in machines]
+    lines = [f"# {spec['title']}", "", *measured, "",
              "Accuracy: test accuracy of the best-on-validation parameters. Steps (k) and Time (s): to the first "
              "evaluation reaching 99 % of the run's best validation accuracy (training time only: no data loading, "
              "evaluation or compilation). Step: training time per step (a projection step, or one optimizer step "
@@ -378,21 +413,27 @@ def markdown(spec, rows, info) -> str:
     cols = columns(spec)
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r["cells"]) + " |" for r in rows]
+    if missing:
+        lines += ["", f"Not run yet ({len(missing)} of the grid's runs; `feascomp bench` with this spec runs them): "
+                  + ", ".join(f"{r['dataset']} {r['model']} {r['method']} seed {r['seed']}" for r in missing) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_results(spec: dict, results: list[dict], out: str) -> dict:
+def write_results(spec: dict, results: list[dict], out: str, missing=()) -> dict:
     from .files import atomic_write
 
     info = machine()
+    machines = run_machines(results)
     rows = summarise(results, spec.get("thresholds", []), spec.get("baseline"))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(columns(spec))
     w.writerows(r["cells"] for r in rows)
-    summary = {"title": spec["title"], "spec": spec.get("_path"), "machine": info,
-               "rows": [{k: v for k, v in r.items() if k != "cells"} for r in rows]}
-    atomic_write(os.path.join(out, "table.md"), lambda fh: fh.write(markdown(spec, rows, info).encode()))
+    # machine: where the tables were written; run_machines: where the runs were measured
+    summary = {"title": spec["title"], "spec": spec.get("_path"), "machine": info, "run_machines": machines,
+               "rows": [{k: v for k, v in r.items() if k != "cells"} for r in rows],
+               "not_run": [{k: r[k] for k in ("dataset", "model", "method", "seed", "command")} for r in missing]}
+    atomic_write(os.path.join(out, "table.md"), lambda fh: fh.write(markdown(spec, rows, machines, missing).encode()))
     atomic_write(os.path.join(out, "table.csv"), lambda fh: fh.write(buf.getvalue().encode()))
     atomic_write(os.path.join(out, "results.json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
     summary["figures"] = plot_results(results, out)

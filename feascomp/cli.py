@@ -200,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", metavar="DIR", help="where runs.jsonl, table.md/.csv, results.json and the PNGs go "
                                                 "(default: the spec's name beside it); runs already there are kept")
     b.add_argument("--dry-run", action="store_true", help="print the commands of the grid and stop")
+    b.add_argument("--tables-only", action="store_true",
+                   help="run nothing: write the tables and figures of the runs already in --out, listing the "
+                        "grid's others as not run yet")
     b.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("backends", help="list the installed backends")
@@ -463,7 +466,7 @@ def _bench(args) -> int:
     out = args.out or os.path.splitext(args.spec)[0]
     if os.path.exists(out) and not os.path.isdir(out):
         raise FeascompError(f"--out {out}: not a folder")
-    summary = run_bench(spec, out, progress=not args.no_progress, dry_run=args.dry_run)
+    summary = run_bench(spec, out, progress=not args.no_progress, dry_run=args.dry_run, tables_only=args.tables_only)
     if summary:
         with open(os.path.join(out, "table.md"), encoding="utf-8") as fh:
             print(fh.read(), end="")

@@ -234,6 +234,7 @@ def test_bench_runs_a_grid_writes_tables_and_figures_and_resumes(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
     for row, line in zip(summary["rows"], lines):  # every number from a committed JSON line
         assert line["command"].startswith("feascomp train examples/digits_")
+        assert line["machine"]["cores"] == os.cpu_count()  # where the run was measured
         assert row["accuracy"] == [line["report"]["test_accuracy"]]
     assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("Dataset,Model,Method")
     assert json.loads((tmp_path / "results.json").read_text())["machine"]["cores"] == os.cpu_count()
@@ -294,3 +295,54 @@ def test_committed_bench_specs_are_valid(spec, capsys):
     assert main(["bench", os.path.join("docs/results", spec), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.startswith("feascomp train examples/") and os.path.exists(line.split()[2]) for line in lines)
+
+
+def test_bench_tables_only_writes_the_runs_present_with_their_machines(tmp_path, capsys):
+    """--tables-only runs nothing: the table holds the runs already logged, names the
+    grid's others as not run yet, and says which machine measured which runs (a run logged
+    before machines were recorded says so, rather than taking this machine's name)."""
+    from feascomp.bench import check_spec, expand
+    import tomllib
+
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(SPEC)
+    spec = check_spec(tomllib.loads(SPEC), str(spec_path), SPEC)
+    runs = expand(spec)
+    out = tmp_path / "out"
+    # nothing logged yet: refused, located at the log, exit 2
+    assert main(["bench", str(spec_path), "--out", str(out), "--tables-only"]) == 2
+    assert "runs.jsonl" in capsys.readouterr().err and not out.exists()
+
+    box = {"cpu": "Box 9000", "cores": 2, "memory_bytes": 24 * 2**30, "python": "3.11.7", "jax": "0.10.2",
+           "platform": "Linux", "date": "2026-12-01"}
+    evals = [{"update": 1, "step": 3, "seconds": 0.5, "accuracy": 0.5}, {"update": 2, "step": 6, "seconds": 1.0, "accuracy": 0.7}]
+    logged = []
+    for i, r in enumerate(runs[:3]):  # adam, dr on mlp; adam on readout
+        entry = {k: r[k] for k in ("dataset", "model", "method", "seed", "depth", "budget", "command")}
+        entry["report"] = {"test_accuracy": 0.61 + i / 100, "evaluations": evals, "steps_to_best": 6,
+                           "seconds_to_best": 1.0, "seconds_per_step": 0.01, "updates": 2, "stopped": "updates"}
+        if i:
+            entry["machine"] = box
+        logged.append(entry)
+    out.mkdir()
+    (out / "runs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in logged))
+
+    def boom(argv):
+        raise AssertionError("--tables-only ran " + " ".join(argv))
+
+    from feascomp.bench import run_bench
+
+    summary = run_bench(spec, str(out), progress=False, tables_only=True, runner=boom)
+    assert [r["accuracy"] for r in summary["rows"]] == [[0.61], [0.62], [0.63]]
+    assert [r["method"] for r in summary["not_run"]] == ["dr"] and summary["not_run"][0]["model"] == "readout"
+    assert summary["run_machines"] == [{"machine": None, "runs": 1}, {"machine": box, "runs": 2}]
+    table = (out / "table.md").read_text()
+    assert "- a machine not recorded: 1 run\n" in table
+    assert "- Box 9000 (2 cores, 24 GiB), Python 3.11.7, JAX 0.10.2, 2026-12-01: 2 runs\n" in table
+    assert "Not run yet (1 of the grid's runs" in table and "digits readout dr seed 0." in table
+    assert "| digits | readout | adam | 63.0 |" in table and "| digits | readout | dr |" not in table
+    # one machine for every run: a single line, as before
+    (out / "runs.jsonl").write_text("".join(json.dumps({**e, "machine": box}) + "\n" for e in logged))
+    assert main(["bench", str(spec_path), "--out", str(out), "--tables-only", "--no-progress"]) == 0
+    table = (out / "table.md").read_text()
+    assert "Measured on Box 9000 (2 cores, 24 GiB), Python 3.11.7, JAX 0.10.2, 2026-12-01.\n" in table
