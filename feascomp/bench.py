@@ -243,11 +243,10 @@ def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, tables_only
     runner = runner or _subprocess_runner
     say(f"bench {spec['title']}: {len(runs)} runs, {len(runs) - len(todo)} already in {log_path}")
     started = time.perf_counter()
-    info = machine()
     for i, r in enumerate(todo, 1):
         label = f"[{i}/{len(todo)}] {r['dataset']} {r['model']} {r['method']} seed {r['seed']}"
         say(f"{label}: {r['command']}")
-        t0 = time.perf_counter()
+        t0, info = time.perf_counter(), machine()
         code, stdout, stderr = runner(r["argv"])
         entry = {k: r[k] for k in ("dataset", "model", "method", "seed", "depth", "budget", "command")}
         entry["wall_seconds"] = time.perf_counter() - t0
@@ -382,17 +381,14 @@ def _machine_text(info) -> str:
 def run_machines(results: list[dict]) -> list[dict]:
     """The machines the runs were measured on (each as ``machine()`` recorded it when its
     run started), in order, each with how many runs it took; runs logged before the bench
-    recorded machines count as ``None``."""
-    out: list[dict] = []
+    recorded machines count as ``None``. Machines are told apart as the table names them
+    (processor, cores, memory, versions, date), not by their kernel builds."""
+    out: dict = {}
     for r in results:
         m = r.get("machine")
-        for o in out:
-            if o["machine"] == m:
-                o["runs"] += 1
-                break
-        else:
-            out.append({"machine": m, "runs": 1})
-    return out
+        key = _machine_text(m) if m else None
+        out.setdefault(key, {"machine": m, "runs": 0})["runs"] += 1
+    return list(out.values())
 
 
 def markdown(spec, rows, machines, missing=()) -> str:
