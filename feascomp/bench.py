@@ -218,7 +218,8 @@ def machine() -> dict:
 
 
 def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, tables_only=False, runner=None) -> dict:
-    """Run every run of the grid not already in ``out``/runs.jsonl, then write the tables
+    """Run every run of the grid not already in ``out``/runs.jsonl (a run logged as failed,
+    say for a dataset not installed then, runs again), then write the tables
     and figures; returns the summary. ``runner(argv) -> (exit code, stdout, stderr)``
     runs one ``feascomp`` command (default: a new process). ``tables_only``: run nothing,
     write the tables of the runs already there and list the grid's others as not yet run
@@ -230,15 +231,16 @@ def run_bench(spec: dict, out: str, *, progress=True, dry_run=False, tables_only
         return {}
     log_path = os.path.join(out, "runs.jsonl")
     done = _read_log(log_path)
-    todo = [r for r in runs if r["command"] not in done]
+    todo = [r for r in runs if r["command"] not in done or "error" in done[r["command"]]]
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    if tables_only:
-        if len(todo) == len(runs):
+    if tables_only:  # a run logged as failed is a failed row of the table
+        logged = [done[r["command"]] for r in runs if r["command"] in done]
+        if not logged:
             raise FeascompError(f"--tables-only: none of the grid's {len(runs)} runs is here yet", Loc(log_path),
                                 note=f"run them: feascomp bench {spec.get('_path') or 'SPEC'} --out {out}")
-        say(f"bench {spec['title']}: tables of the {len(runs) - len(todo)} runs in {log_path}; "
-            f"{len(todo)} not run yet")
-        return write_results(spec, [done[r["command"]] for r in runs if r["command"] in done], out, missing=todo)
+        missing = [r for r in runs if r["command"] not in done]
+        say(f"bench {spec['title']}: tables of the {len(logged)} runs in {log_path}; {len(missing)} not run yet")
+        return write_results(spec, logged, out, missing=missing)
     os.makedirs(out, exist_ok=True)
     runner = runner or _subprocess_runner
     say(f"bench {spec['title']}: {len(runs)} runs, {len(runs) - len(todo)} already in {log_path}")

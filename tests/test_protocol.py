@@ -346,3 +346,29 @@ def test_bench_tables_only_writes_the_runs_present_with_their_machines(tmp_path,
     assert main(["bench", str(spec_path), "--out", str(out), "--tables-only", "--no-progress"]) == 0
     table = (out / "table.md").read_text()
     assert "Measured on Box 9000 (2 cores, 24 GiB), Python 3.11.7, JAX 0.10.2, 2026-12-01.\n" in table
+
+
+def test_bench_runs_a_run_logged_as_failed_again(tmp_path):
+    """A run that failed (a dataset not installed then, say) is not a result to keep: the
+    next bench runs it again and its new line is the one the table reads."""
+    from feascomp.bench import check_spec, expand, run_bench
+    import tomllib
+
+    spec = check_spec(tomllib.loads(SPEC), "tiny.toml", SPEC)
+    runs = expand(spec)
+    report = {"test_accuracy": 0.5, "evaluations": [{"update": 1, "step": 3, "seconds": 0.5, "accuracy": 0.5}],
+              "steps_to_best": 3, "seconds_to_best": 0.5, "seconds_per_step": 0.01, "updates": 1, "stopped": "updates"}
+    lines = [{**{k: r[k] for k in ("dataset", "model", "method", "seed", "depth", "budget", "command")},
+              **({"error": {"exit": 2, "stderr": ["no folder"]}} if i == 1 else {"report": report})}
+             for i, r in enumerate(runs)]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    calls = []
+
+    def runner(argv):
+        calls.append(argv)
+        return 0, json.dumps({**report, "test_accuracy": 0.75}) + "\n", ""
+
+    summary = run_bench(spec, str(tmp_path), progress=False, runner=runner)
+    assert calls == [runs[1]["argv"]]
+    assert [r["accuracy"] for r in summary["rows"]] == [[0.5], [0.75], [0.5], [0.5]]
+    assert [r["failed"] for r in summary["rows"]] == [0, 0, 0, 0]
