@@ -483,9 +483,9 @@ class Solver:
     def apply(self, params: dict, x, chunk: int = EVAL_CHUNK) -> Any:
         """The model's outputs for the rows of ``x``, computed ``chunk`` rows at a time.
 
-        A forward pass holds every intermediate of its rows at once: a whole Fashion-MNIST
-        training split through the 1x32 CNN is ~8 GB of activations, a chunk of 1024 rows
-        ~0.3 GB. The last chunk is padded to ``chunk`` rows, so one compiled program serves
+        A forward pass holds every intermediate of its rows at once: Fashion-MNIST's 54,000
+        training rows through the 1x32 CNN in one pass peaked at 9.2 GB, in chunks of 1024
+        rows at 0.63 GB (docs/results/README.md, Table 3). The last chunk is padded to ``chunk`` rows, so one compiled program serves
         every chunk; inputs of at most ``chunk`` rows run as they are. Rows are independent
         (no primitive mixes samples), so chunking does not change the outputs.
         """
