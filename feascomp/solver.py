@@ -484,10 +484,11 @@ class Solver:
         """The model's outputs for the rows of ``x``, computed ``chunk`` rows at a time.
 
         A forward pass holds every intermediate of its rows at once: Fashion-MNIST's 54,000
-        training rows through the 1x32 CNN in one pass peaked at 9.2 GB, in chunks of 1024
-        rows at 0.63 GB (docs/results/README.md, Table 3). The last chunk is padded to ``chunk`` rows, so one compiled program serves
-        every chunk; inputs of at most ``chunk`` rows run as they are. Rows are independent
-        (no primitive mixes samples), so chunking does not change the outputs.
+        training rows through the 1x32 CNN in one pass peaked at 9.1 GB, in chunks of 1024
+        rows at 0.63 GB (docs/results/README.md, Table 3). The last chunk is padded to
+        ``chunk`` rows, so one compiled program serves every chunk; inputs of at most
+        ``chunk`` rows run as they are. Rows are independent (no primitive mixes samples),
+        so chunking does not change the outputs.
         """
         import jax
         import jax.numpy as jnp

@@ -278,8 +278,9 @@ def test_bad_layer_arguments_are_located(line, message):
                                             ("examples/digits_embed.fc", "digits_tokens")])
 def test_apply_in_chunks_equals_one_pass(model, dataset):
     """Solver.apply runs `chunk` rows at a time (a whole split at once held ~9 GB of the
-    1x32 CNN's activations on Fashion-MNIST); the last chunk is padded. Chunking changes no
-    output: a chunk of 7 (the last one 3 of 7 rows padded) against the 360 test rows in one pass."""
+    1x32 CNN's activations on Fashion-MNIST). Chunking changes no output: 360 test rows in
+    chunks of 7 (the last has 3 rows, padded to 7) against one pass; and the padding keeps
+    one compiled program for every chunk."""
     from feascomp import data
 
     ds = data.load(dataset)
@@ -287,7 +288,9 @@ def test_apply_in_chunks_equals_one_pass(model, dataset):
     params = solver.init_params(seed=1)
     x, y = ds.x_test[:360], ds.y_test[:360]
     whole = np.asarray(solver.apply(params, x))
+    programs = solver._apply._cache_size()
     chunked = np.asarray(solver.apply(params, x, chunk=7))
+    assert solver._apply._cache_size() == programs + 1  # the 3-row tail reused the 7-row program
     assert chunked.shape == whole.shape == (360, 10)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     assert solver.accuracy(params, x, y, chunk=7) == solver.accuracy(params, x, y)
